@@ -1,0 +1,1 @@
+"""Runtime helpers shared by every layer: device and dtype, torchrun environment, seeding, logging."""

@@ -1,0 +1,100 @@
+"""Find the raw counts in an AnnData object and refuse anything that is not counts.
+
+Rank-value tokens are computed from library-size-normalised counts, so a model fed log data or
+scaled data would silently see the wrong ranks. The search order is ``layer`` if given, then
+``X``, ``layers["counts"]`` and ``raw.X``; the first matrix that passes the check wins. When none
+does, the error lists what each candidate looked like and how to point at counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+
+from lifelm.io.h5ad import MatrixSource, memory_sources
+
+SAMPLE_ROWS = 2000  # rows inspected to decide whether a matrix holds counts
+
+
+class NotCountsError(ValueError):
+    """No raw-count matrix was found where one was looked for."""
+
+
+@dataclass(frozen=True)
+class CountsCheck:
+    """What a matrix looked like on its first rows."""
+
+    source: str
+    is_counts: bool
+    reason: str
+
+
+def inspect_counts(src: MatrixSource, rows: int = SAMPLE_ROWS) -> CountsCheck:
+    """Decide from the first ``rows`` rows whether ``src`` holds raw counts."""
+    block = src.rows(0, min(rows, src.n_obs))
+    data = np.asarray(block.data, dtype=np.float64)
+    if data.size == 0:
+        return CountsCheck(src.where, False, "no non-zero values in the first rows")
+    if not np.isfinite(data).all():
+        return CountsCheck(src.where, False, "holds NaN or infinite values")
+    if (data < 0).any():
+        return CountsCheck(
+            src.where, False, f"holds negative values (min {data.min():.3g}): scaled data"
+        )
+    frac = np.abs(data - np.rint(data))
+    if (frac > 1e-3).mean() > 0.001:
+        maxv = data.max()
+        kind = "log-normalized" if maxv < 30 else "normalized (non-integer)"
+        return CountsCheck(
+            src.where,
+            False,
+            f"looks {kind}: {100 * (frac > 1e-3).mean():.0f}% non-integer values, max {maxv:.3g}",
+        )
+    return CountsCheck(src.where, True, "integer-valued and non-negative")
+
+
+def find_counts(adata: ad.AnnData, layer: str | None = None) -> MatrixSource:
+    """Return the raw-count matrix of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        In-memory or backed AnnData.
+    layer
+        Name of a layer (``"counts"``), ``"X"`` or ``"raw"`` to look only there.
+
+    Raises
+    ------
+    NotCountsError
+        When the matrix looked at is not raw counts; the message says which layer was looked at,
+        what it held, and how to point at counts.
+    """
+    sources = memory_sources(adata)
+    if layer is not None:
+        key = {"X": "X", "raw": "raw.X", "raw.X": "raw.X"}.get(layer, f"layers['{layer}']")
+        if key not in sources:
+            raise NotCountsError(
+                f"{_where(adata)}: layer {layer!r} not found; available: "
+                f"{', '.join(sources) or 'none'}."
+            )
+        order = [key]
+    else:
+        order = [k for k in ("X", "layers['counts']", "raw.X") if k in sources]
+    checks = []
+    for key in order:
+        check = inspect_counts(sources[key])
+        if check.is_counts:
+            return sources[key]
+        checks.append(check)
+    looked = "; ".join(f"{c.source} {c.reason}" for c in checks) or "no X, layers or raw"
+    raise NotCountsError(
+        f"{_where(adata)}: no raw counts found ({looked}). LifeLM tokenizes raw UMI/read counts. "
+        "Put counts in layers['counts'] or X and pass layer='counts' (CLI: --layer counts); "
+        "if only log1p(normalized) values exist, recover counts first (e.g. expm1(x) * total / 1e4)."
+    )
+
+
+def _where(adata: ad.AnnData) -> str:
+    return str(adata.filename) if adata.isbacked else f"AnnData ({adata.n_obs}×{adata.n_vars})"

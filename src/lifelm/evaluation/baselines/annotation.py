@@ -1,0 +1,93 @@
+"""Annotation baselines every model result is shown next to.
+
+- majority class;
+- logistic regression on 50 principal components of log1p-normalised highly variable genes
+  (HVGs and PCA fitted on the training cells only).
+
+Both read raw counts through the same gene-identity layer as the models, so a cross-study query
+is aligned to the reference on Ensembl IDs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from lifelm.data.cells.counts import find_counts
+from lifelm.data.cells.genes import column_map, map_genes
+
+
+def majority_baseline(y_train: np.ndarray, n_test: int) -> np.ndarray:
+    """Predict the most frequent training label for every test cell."""
+    values, counts = np.unique(np.asarray(y_train, dtype=str), return_counts=True)
+    return np.full(n_test, values[counts.argmax()])
+
+
+def log_normalized(
+    adata: ad.AnnData, genes: dict[str, int], layer: str | None = None
+) -> sp.csr_matrix:
+    """Counts → CP10k → log1p, with columns in the order of ``genes`` (Ensembl ID → column)."""
+    src = find_counts(adata, layer)
+    cmap = column_map(map_genes(adata.var), genes)
+    blocks = []
+    for _, block in src.chunks():
+        total = np.asarray(block.sum(1)).ravel()
+        x = sp.csr_matrix(block @ cmap, dtype=np.float32)
+        x = sp.diags(1e4 / np.maximum(total, 1)).dot(x).tocsr()
+        x.data = np.log1p(x.data)
+        blocks.append(x)
+    return sp.vstack(blocks).tocsr()
+
+
+@dataclass
+class PcaLogReg:
+    """HVGs → 50 PCs → logistic regression, fitted on the reference."""
+
+    genes: dict[str, int]
+    hvg: np.ndarray
+    model: object
+
+    @classmethod
+    def fit(
+        cls,
+        adata: ad.AnnData,
+        labels: np.ndarray,
+        *,
+        n_hvg: int = 2000,
+        n_pcs: int = 50,
+        seed: int = 0,
+        layer: str | None = None,
+    ) -> PcaLogReg:
+        mapping = map_genes(adata.var)
+        ids = mapping.unique_ids()
+        genes = {g: i for i, g in enumerate(ids)}
+        x = log_normalized(adata, genes, layer)
+        # HVGs by dispersion of log-normalised values (mean/variance on the training cells)
+        mean = np.asarray(x.mean(0)).ravel()
+        var = np.asarray(x.multiply(x).mean(0)).ravel() - mean**2
+        disp = np.where(mean > 0, var / np.maximum(mean, 1e-12), 0)
+        hvg = np.sort(np.argsort(-disp)[: min(n_hvg, len(disp))])
+        n_comp = min(n_pcs, len(hvg) - 1, x.shape[0] - 1)
+        model = make_pipeline(
+            StandardScaler(),  # scanpy's sc.pp.scale: zero mean, unit variance per gene
+            PCA(n_components=n_comp, random_state=seed),
+            LogisticRegression(max_iter=2000),
+        )
+        model.fit(x[:, hvg].toarray(), np.asarray(labels, dtype=str))
+        return cls(genes, hvg, model)
+
+    def transform(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        """The PCA embedding (for embedding-quality comparisons)."""
+        x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
+        return self.model[:-1].transform(x)  # type: ignore[index]
+
+    def predict(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+        x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
+        return self.model.predict(x)  # type: ignore[attr-defined]

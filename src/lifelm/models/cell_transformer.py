@@ -1,0 +1,244 @@
+"""CellTransformer: a BERT-style encoder over rank-value gene tokens (a Geneformer-like "virtual cell").
+
+A cell is a sequence ``[CLS] g_1 g_2 … g_T`` of gene tokens ordered by normalised expression
+(see ``lifelm.data.cells.tokenizer``). The model adds a learned gene embedding and a learned
+position (rank) embedding, runs pre-LayerNorm transformer blocks with
+``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU),
+and offers three heads:
+
+- masked-gene prediction (pretraining), computed only at masked positions, with the output
+  projection tied to the gene embedding;
+- a pooled cell embedding (mean over gene tokens, padding excluded), which computes no head at
+  all (Geneformer's embedding extractor runs the full masked-LM head on every token and
+  throws it away);
+- a cell-type classifier on the pooled embedding (:class:`CellClassifier`).
+
+Tensors in, tensors out: no AnnData, no files. References: Devlin et al. 2019 (BERT);
+Theodoris et al. 2023 (Geneformer); Xiong et al. 2020 (pre-LN transformers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD_ID = 0  # must match lifelm.data.cells.tokenizer.PAD (the data layer owns the ids)
+
+
+@dataclass(frozen=True)
+class CellTransformerConfig:
+    """Shape of the encoder. Named presets: :meth:`from_name`."""
+
+    vocab_size: int  # token ids, special tokens included
+    n_layers: int = 6  # transformer blocks
+    d_model: int = 256  # hidden size
+    n_heads: int = 4  # attention heads (d_model % n_heads == 0)
+    d_ff: int = 512  # feed-forward inner size
+    max_length: int = 2048  # tokens per cell including [CLS]
+    dropout: float = 0.02  # on attention output, FFN output and embeddings
+    norm_eps: float = 1e-12  # LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+    @classmethod
+    def from_name(cls, name: str, *, vocab_size: int, **overrides: object) -> CellTransformerConfig:
+        """A preset by name (see :data:`PRESETS`), with optional field overrides."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(cls(vocab_size=vocab_size, **PRESETS[name]), **overrides)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict[str, int | float]] = {
+    # tests: seconds on a laptop CPU
+    "test": {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 64, "max_length": 256},
+    # demo / CPU pretraining in minutes
+    "tiny": {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_ff": 128, "max_length": 512},
+    "small": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 256, "max_length": 1024},
+    # Geneformer V1 shape (6 layers, 256 hidden, 4 heads, 512 FFN, 2,048 tokens)
+    "geneformer-6l": {"n_layers": 6, "d_model": 256, "n_heads": 4, "d_ff": 512, "max_length": 2048},
+    # Geneformer 12-layer shape (12 layers, 512 hidden, 8 heads, 1,024 FFN)
+    "geneformer-12l": {
+        "n_layers": 12,
+        "d_model": 512,
+        "n_heads": 8,
+        "d_ff": 1024,
+        "max_length": 2048,
+    },
+}
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through SDPA; padding keys are masked out."""
+
+    def __init__(self, cfg: CellTransformerConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, T, Dh)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)); x + FFN(LN(x))."""
+
+    def __init__(self, cfg: CellTransformerConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_ff), nn.GELU(), nn.Linear(cfg.d_ff, cfg.d_model)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), key_mask))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class CellTransformer(nn.Module):
+    """Encoder trunk with the masked-gene pretraining head and a pooled cell embedding."""
+
+    def __init__(self, cfg: CellTransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.gene_embedding = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.position_embedding = nn.Embedding(cfg.max_length, cfg.d_model)
+        self.embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        # masked-gene head: transform, then project onto the (tied) gene embedding
+        self.mlm_transform = nn.Sequential(
+            nn.Linear(cfg.d_model, cfg.d_model),
+            nn.GELU(),
+            nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps),
+        )
+        self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2 style scaled init of residual projections
+            nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+            nn.init.normal_(block.ffn[2].weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                nn.init.zeros_(m.weight[m.padding_idx])
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Hidden states (B, T, D) after the final LayerNorm. ``attention_mask`` is 1 on real tokens."""
+        _b, t = input_ids.shape
+        if t > self.config.max_length:
+            raise ValueError(f"sequence of {t} tokens exceeds max_length={self.config.max_length}")
+        if attention_mask is None:
+            attention_mask = input_ids.ne(PAD_ID)
+        pos = torch.arange(t, device=input_ids.device)
+        x = self.gene_embedding(input_ids) + self.position_embedding(pos)[None]  # (B, T, D)
+        x = self.embed_drop(self.embed_norm(x))
+        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), True = attend
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.final_norm(x)
+
+    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Mean over gene tokens (not [CLS] at position 0, not padding): (B, T, D) -> (B, D)."""
+        mask = input_ids.ne(PAD_ID).to(hidden.dtype)
+        mask[:, 0] = 0
+        denom = mask.sum(1, keepdim=True).clamp_min(1.0)
+        return (hidden * mask[..., None]).sum(1) / denom
+
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pooled cell embedding (B, D); no prediction head is computed."""
+        return self.pool(self.encode(input_ids, attention_mask), input_ids)
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Gene logits (N, V) for hidden states (N, D), through the tied gene embedding."""
+        return self.mlm_transform(hidden) @ self.gene_embedding.weight.T + self.mlm_bias
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Masked-gene loss: cross-entropy at positions where ``labels != -100``."""
+        hidden = self.encode(input_ids, attention_mask)  # (B, T, D)
+        out = {"hidden": hidden}
+        if labels is not None:
+            where = labels.ne(-100)
+            logits = self.mlm_logits(hidden[where])  # (N_masked, V), only where needed
+            out["loss"] = F.cross_entropy(logits.float(), labels[where])
+            out["n_masked"] = where.sum()
+        return out
+
+
+@dataclass(frozen=True)
+class CellClassifierConfig:
+    """A classification head on the pooled cell embedding."""
+
+    n_classes: int  # number of labels
+    hidden: int = 0  # 0 = linear head; >0 = one hidden layer of this size
+    dropout: float = 0.1  # before the head
+
+
+class CellClassifier(nn.Module):
+    """Fine-tuning wrapper: trunk + pooled embedding + classification head."""
+
+    def __init__(self, trunk: CellTransformer, cfg: CellClassifierConfig) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.config = cfg
+        d = trunk.config.d_model
+        layers: list[nn.Module] = [nn.Dropout(cfg.dropout)]
+        if cfg.hidden:
+            layers += [nn.Linear(d, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.n_classes)]
+        else:
+            layers += [nn.Linear(d, cfg.n_classes)]
+        self.head = nn.Sequential(*layers)
+        # per-class loss weights (inverse frequency when classes are unbalanced); saved with the model
+        self.register_buffer("class_weight", torch.ones(cfg.n_classes))
+
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class logits (B, C)."""
+        return self.head(self.trunk.embed(input_ids, attention_mask))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        logits = self.logits(input_ids, attention_mask)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits.float(), labels, weight=self.class_weight)
+        return out

@@ -1,0 +1,1 @@
+"""User-facing cell functions (scverse call shape): pretrain, embed, annotate."""

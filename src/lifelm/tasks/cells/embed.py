@@ -1,0 +1,117 @@
+"""Cell embeddings from a cell model, written to ``adata.obsm``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import torch
+
+from lifelm._core.progress import make_progress
+from lifelm._core.runtime import autocast_dtype, get_logger, resolve_device
+from lifelm.data.cells.datasets import length_batches, pad_cells
+from lifelm.data.cells.tokenizer import PAD, TokenizedCells
+from lifelm.tasks.cells.model_io import CellModel, load_cell_model
+
+log = get_logger("lifelm.embed")
+
+
+def as_cell_model(model: CellModel | str | Path, device: str = "auto") -> CellModel:
+    """Accept a loaded model or a checkpoint folder."""
+    if isinstance(model, CellModel):
+        return model.to(device)
+    return load_cell_model(model, device=str(resolve_device(device)))
+
+
+@torch.inference_mode()
+def embed_tokens(
+    model: CellModel,
+    cells: TokenizedCells,
+    *,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
+    """Pooled embeddings (n_cells, d_model) as float32; NaN rows for cells with no vocabulary gene.
+
+    Cells are batched by length (longest first) so little compute goes to padding; padding keys
+    are masked, so a cell's embedding does not depend on its batch-mates or the batch size.
+    """
+    trunk = model.trunk
+    trunk.eval()
+    device = next(trunk.parameters()).device
+    amp = autocast_dtype(device)
+    out = np.full((len(cells), trunk.config.d_model), np.nan, dtype=np.float32)
+    lengths = cells.lengths()
+    todo = np.flatnonzero(lengths > 0)
+    t0 = time.perf_counter()
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("embedding", total=len(todo), info="")
+        for batch in length_batches(lengths[todo], batch_size):
+            idx = todo[batch]
+            ids = pad_cells([cells[i] for i in idx], trunk.config.max_length).to(device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                emb = trunk.embed(ids, ids.ne(PAD))
+            out[idx] = emb.float().cpu().numpy()
+            done = bar.tasks[task].completed + len(idx)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=done, info=f"{rate:.0f} cells/s")
+    return out
+
+
+def embed(
+    adata: ad.AnnData,
+    model: CellModel | str | Path,
+    *,
+    layer: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    key_added: str = "X_lifelm",
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Embed every cell with a pretrained cell model.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes with raw counts (in X, ``layers["counts"]`` or ``.raw``; backed is fine).
+    model
+        A :class:`~lifelm.tasks.cells.model_io.CellModel` or its checkpoint folder.
+    layer
+        Where the counts are, if not found automatically.
+    batch_size
+        Cells per forward pass (does not change the result).
+    device
+        ``auto`` (CUDA if present), ``cpu`` or ``cuda``.
+    key_added
+        Name of the ``.obsm`` entry.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The AnnData when ``copy=True``, else ``None``. Writes:
+
+    - ``.obsm[key_added]``: (n_obs, d_model) float32 embeddings (NaN for cells with no
+      vocabulary gene, which are counted in the log);
+    - ``.uns["lifelm"]["embed"]``: model folder, tokenizer hash and the tokenization report.
+    """
+    cm = as_cell_model(model, device)
+    if copy:
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
+    cells = cm.tokenizer.encode(adata, layer=layer)
+    if cells.report["empty_cells"]:
+        log.warning(
+            "%d cells have no gene in the model vocabulary; their embeddings are NaN",
+            cells.report["empty_cells"],
+        )
+    adata.obsm[key_added] = embed_tokens(cm, cells, batch_size=batch_size)
+    adata.uns.setdefault("lifelm", {})["embed"] = {
+        "model": str(cm.folder) if cm.folder else "",
+        "tokenizer_sha256": cm.tokenizer.hash(),
+        "key_added": key_added,
+        **{k: v for k, v in cells.report.items() if k != "genes"},
+        "genes": cells.report["genes"],
+    }
+    return adata if copy else None

@@ -1,0 +1,110 @@
+"""Load and save cell models from checkpoint folders (``model.safetensors`` + ``config.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lifelm._core.runtime import resolve_device
+from lifelm.data.cells.tokenizer import RankValueTokenizer
+from lifelm.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lifelm.models.cell_transformer import (
+    CellClassifier,
+    CellClassifierConfig,
+    CellTransformer,
+    CellTransformerConfig,
+)
+
+CELL_MODEL = "cell_transformer"
+CELL_CLASSIFIER = "cell_classifier"
+
+
+@dataclass
+class CellModel:
+    """A loaded cell model: the network, its tokenizer and the rest of its config."""
+
+    network: CellTransformer | CellClassifier
+    tokenizer: RankValueTokenizer
+    config: dict[str, Any] = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def trunk(self) -> CellTransformer:
+        net = self.network
+        return net.trunk if isinstance(net, CellClassifier) else net
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.get("classes", []))
+
+    @property
+    def is_classifier(self) -> bool:
+        return isinstance(self.network, CellClassifier)
+
+    def to(self, device: str | torch.device) -> CellModel:
+        self.network.to(resolve_device(device))
+        return self
+
+
+def sidecar(
+    trunk_cfg: CellTransformerConfig,
+    tokenizer: RankValueTokenizer,
+    *,
+    head: CellClassifierConfig | None = None,
+    classes: list[str] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``config.json`` content that rebuilds a cell model from its folder alone."""
+    out: dict[str, Any] = {
+        "model_type": CELL_CLASSIFIER if head else CELL_MODEL,
+        "model": trunk_cfg.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "data": provenance or {},
+    }
+    if head is not None:
+        out["head"] = {"n_classes": head.n_classes, "hidden": head.hidden, "dropout": head.dropout}
+        out["classes"] = list(classes or [])
+    return out
+
+
+def load_cell_model(folder: str | Path, *, device: str = "cpu") -> CellModel:
+    """Rebuild a cell model (pretrained trunk or fine-tuned classifier) from its folder.
+
+    Parameters
+    ----------
+    folder
+        A folder written by ``lifelm cells pretrain`` (``…/model``) or ``annotate --save``.
+    device
+        Where to put the weights.
+    """
+    state, cfg = load_checkpoint(folder)
+    kind = cfg.get("model_type")
+    if kind not in (CELL_MODEL, CELL_CLASSIFIER):
+        raise CheckpointError(f"{folder}: model_type {kind!r} is not a LifeLM cell model")
+    tokenizer = RankValueTokenizer.from_dict(cfg["tokenizer"])
+    trunk_cfg = CellTransformerConfig(**cfg["model"])
+    if trunk_cfg.vocab_size != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{folder}: model vocab_size {trunk_cfg.vocab_size} != tokenizer vocabulary "
+            f"{tokenizer.vocab_size}; the checkpoint is inconsistent"
+        )
+    trunk = CellTransformer(trunk_cfg)
+    network: CellTransformer | CellClassifier = trunk
+    if kind == CELL_CLASSIFIER:
+        network = CellClassifier(trunk, CellClassifierConfig(**cfg["head"]))
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}: weights do not match the config (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
+        )
+    network.eval()
+    return CellModel(network, tokenizer, cfg, Path(folder)).to(device)
+
+
+def save_cell_model(model: CellModel, folder: str | Path) -> Path:
+    """Write a cell model to ``folder`` (weights + config)."""
+    return save_checkpoint(folder, model.network.state_dict(), model.config)
