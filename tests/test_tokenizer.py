@@ -17,7 +17,9 @@ from lifelm.io.h5ad import read_h5ad
 from lifelm.testing.synthetic import synthetic_cells
 
 
-def _reference_tokens(counts: np.ndarray, genes: list[str], tok: RankValueTokenizer, cell: int) -> list[int]:
+def _reference_tokens(
+    counts: np.ndarray, genes: list[str], tok: RankValueTokenizer, cell: int
+) -> list[int]:
     """Geneformer's per-cell recipe, written plainly: normalise, divide by medians, sort."""
     row = counts[cell].astype(float)
     norm = row / row.sum() * tok.target_sum
@@ -29,11 +31,15 @@ def _reference_tokens(counts: np.ndarray, genes: list[str], tok: RankValueTokeni
     return [N_SPECIAL + v for _, v in pairs][: tok.max_length - 1]
 
 
-def _values(tokens: list[int], counts: np.ndarray, genes: list[str], tok: RankValueTokenizer) -> np.ndarray:
+def _values(
+    tokens: list[int], counts: np.ndarray, genes: list[str], tok: RankValueTokenizer
+) -> np.ndarray:
     col = {g: j for j, g in enumerate(genes)}
     row = counts.astype(float)
     norm = row / row.sum() * tok.target_sum
-    return np.array([norm[col[tok.genes[t - N_SPECIAL]]] / tok.medians[t - N_SPECIAL] for t in tokens])
+    return np.array(
+        [norm[col[tok.genes[t - N_SPECIAL]]] / tok.medians[t - N_SPECIAL] for t in tokens]
+    )
 
 
 def test_medians_are_the_nonzero_medians_of_normalised_counts() -> None:
@@ -63,7 +69,9 @@ def test_tokens_match_the_per_cell_reference() -> None:
         ref = _reference_tokens(x, genes, tok, i)
         got = cells[i].tolist()
         # same ranked values (floating ties may swap genes of equal value, nothing else)
-        np.testing.assert_allclose(_values(got, x[i], genes, tok), _values(ref, x[i], genes, tok), rtol=1e-12)
+        np.testing.assert_allclose(
+            _values(got, x[i], genes, tok), _values(ref, x[i], genes, tok), rtol=1e-12
+        )
         assert sorted(got[:-1]) == sorted(ref[:-1]) or got == ref
     assert cells.report["truncated_cells"] == int(((x > 0).sum(1) > 39).sum())
     np.testing.assert_array_equal(cells.n_genes, (x > 0).sum(1))
@@ -104,7 +112,9 @@ def test_round_trip_and_hash_guard() -> None:
 def test_low_vocabulary_coverage_is_an_error() -> None:
     a = synthetic_cells(80, 100, seed=6)
     tok = RankValueTokenizer.fit(a[:, :40].copy())
-    with pytest.raises(TokenizerError, match="only 40% of its 100 genes are in the model vocabulary"):
+    with pytest.raises(
+        TokenizerError, match="only 40% of its 100 genes are in the model vocabulary"
+    ):
         tok.encode(a)
 
 

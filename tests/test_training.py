@@ -44,7 +44,9 @@ def test_loss_goes_down_and_folder_reloads(tmp_path: Path) -> None:
     result = train(
         model,
         CellTokens(cells),
-        config=TrainConfig(max_steps=60, batch_size=16, lr=3e-3, warmup_steps=5, log_every=10, progress=False),
+        config=TrainConfig(
+            max_steps=60, batch_size=16, lr=3e-3, warmup_steps=5, log_every=10, progress=False
+        ),
         out_dir=tmp_path,
         collate_fn=MaskedGeneCollator(tok.vocab_size, 128),
         sidecar={"model": cfg.to_dict()},
@@ -74,8 +76,27 @@ def tiny_h5ad(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _pretrain_args(data: Path, out: Path) -> list[str]:
-    return ["cells", "pretrain", str(data), "--out", str(out), "--preset", "test", "--steps", "8",
-            "--batch-size", "8", "--checkpoint-every", "3", "--warmup", "2", "--max-length", "64", "--device", "cpu"]
+    return [
+        "cells",
+        "pretrain",
+        str(data),
+        "--out",
+        str(out),
+        "--preset",
+        "test",
+        "--steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--checkpoint-every",
+        "3",
+        "--warmup",
+        "2",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.mark.slow
@@ -83,7 +104,9 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path: Path, tiny_h5ad: P
     straight = _cli(_pretrain_args(tiny_h5ad, tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = _cli(_pretrain_args(tiny_h5ad, tmp_path / "b"), env={FAULT_ENV: "5"})
-    assert killed.returncode == 17, killed.stderr[-2000:]  # died after step 5, last checkpoint step 3
+    assert killed.returncode == 17, killed.stderr[
+        -2000:
+    ]  # died after step 5, last checkpoint step 3
     assert latest_checkpoint(tmp_path / "b").name == "step_3"
     assert not (tmp_path / "b" / "model").exists()
     resumed = _cli([*_pretrain_args(tiny_h5ad, tmp_path / "b"), "--resume"])
@@ -101,9 +124,21 @@ def test_kill_and_resume_ends_with_the_same_weights(tmp_path: Path, tiny_h5ad: P
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_pretrain_runs_unchanged_under_torchrun_gloo(tmp_path: Path, tiny_h5ad: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
-           "-m", "lifelm", *_pretrain_args(tiny_h5ad, tmp_path / "ddp")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "0",
+        "-m",
+        "lifelm",
+        *_pretrain_args(tiny_h5ad, tmp_path / "ddp"),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if line]
     assert rows, "rank 0 wrote no metrics"
