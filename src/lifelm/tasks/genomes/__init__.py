@@ -1,0 +1,1 @@
+"""Genome tasks: QC, mutation calls, and (from other modules) embeddings, lineages, scores."""
