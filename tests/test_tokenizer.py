@@ -143,3 +143,13 @@ def test_subset_keeps_cells_in_order() -> None:
     sub = cells.subset(np.array([4, 1, 20]))
     for k, i in enumerate([4, 1, 20]):
         np.testing.assert_array_equal(sub[k], cells[i])
+
+
+def test_species_mismatch_is_named() -> None:
+    human = synthetic_cells(40, 60, seed=10)
+    mouse = synthetic_cells(40, 60, seed=10, species="mus_musculus")
+    tok = RankValueTokenizer.fit(human)
+    with pytest.raises(
+        TokenizerError, match="mus_musculus Ensembl IDs but the model was trained on homo_sapiens"
+    ):
+        tok.encode(mouse)

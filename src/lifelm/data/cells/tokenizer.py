@@ -33,7 +33,14 @@ import scipy.sparse as sp
 
 from lifelm._core.runtime import get_logger
 from lifelm.data.cells.counts import find_counts
-from lifelm.data.cells.genes import GeneMapping, GeneMappingError, column_map, map_genes
+from lifelm.data.cells.genes import (
+    ID_COLUMNS,
+    GeneMapping,
+    GeneMappingError,
+    column_map,
+    detect_species,
+    map_genes,
+)
 
 log = get_logger("lifelm.tokenizer")
 
@@ -243,10 +250,19 @@ class RankValueTokenizer:
     # ----------------------------------------------------------------- encoding
     def map_dataset(self, adata: ad.AnnData) -> GeneMapping:
         """Map ``adata``'s genes and check vocabulary coverage (error below ``min_coverage``)."""
+        where = str(adata.filename) if adata.isbacked else "the AnnData"
+        data_species = detect_species(adata.var_names)
+        for col in ID_COLUMNS:
+            if data_species == "homo_sapiens" and col in adata.var:
+                data_species = detect_species(adata.var[col].dropna().astype(str).tolist())
+        if data_species != self.species:
+            raise TokenizerError(
+                f"{where}: genes are {data_species} Ensembl IDs but the model was trained on "
+                f"{self.species} genes; use a {data_species} model or pretrain one on this data."
+            )
         mapping = _checked_mapping(adata, species=self.species, min_mapped=0.0)
         in_vocab = np.array([g in self.vocab for g in mapping.ids])
         coverage = in_vocab.mean() if len(in_vocab) else 0.0
-        where = str(adata.filename) if adata.isbacked else "the AnnData"
         if coverage < self.min_coverage:
             raise TokenizerError(
                 f"{where}: only {coverage:.0%} of its {mapping.n_vars} genes are in the model "
