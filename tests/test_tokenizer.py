@@ -68,9 +68,9 @@ def test_tokens_match_the_per_cell_reference() -> None:
     for i in range(0, 60, 5):
         ref = _reference_tokens(x, genes, tok, i)
         got = cells[i].tolist()
-        # same ranked values (floating ties may swap genes of equal value, nothing else)
+        # same ranked values (genes whose values agree to float32 precision may swap, nothing else)
         np.testing.assert_allclose(
-            _values(got, x[i], genes, tok), _values(ref, x[i], genes, tok), rtol=1e-12
+            _values(got, x[i], genes, tok), _values(ref, x[i], genes, tok), rtol=1e-6
         )
         assert sorted(got[:-1]) == sorted(ref[:-1]) or got == ref
     assert cells.report["truncated_cells"] == int(((x > 0).sum(1) > 39).sum())

@@ -75,7 +75,8 @@ def gene_table(species: Species = "homo_sapiens") -> GeneTable:
 def detect_species(names: pd.Index | list[str]) -> Species:
     """Species from Ensembl ID prefixes (ENSG → human, ENSMUSG → mouse); human if none are IDs."""
     counts: dict[str, int] = {}
-    for name in list(names)[:5000]:
+    names = list(names)
+    for name in names[:: max(1, len(names) // 1000)]:
         m = ENSEMBL_RE.match(str(name))
         if m:
             prefix = re.match(r"ENS[A-Z]*G", m.group(1)).group(0)  # type: ignore[union-attr]
@@ -128,6 +129,13 @@ def _strip_ids(values: pd.Series) -> pd.Series:
     return s.str.extract(ENSEMBL_RE, expand=False)[0].fillna("")
 
 
+def _id_fraction(values: pd.Series | pd.Index, sample: int = 500) -> float:
+    """Fraction of (an evenly spaced sample of) values that are Ensembl gene IDs."""
+    step = max(1, len(values) // sample)
+    picked = [str(v) for v in list(values)[::step]]
+    return float(np.mean([bool(ENSEMBL_RE.match(v)) for v in picked])) if picked else 0.0
+
+
 def map_genes(
     var: pd.DataFrame,
     *,
@@ -153,13 +161,10 @@ def map_genes(
     names = var.index.astype(str)
     id_col = gene_id_column
     if id_col is None:
-        if _strip_ids(pd.Series(names)).ne("").mean() > 0.5:
+        if _id_fraction(names) > 0.5:
             id_col = "var_names"
         else:
-            id_col = next(
-                (c for c in ID_COLUMNS if c in var and _strip_ids(var[c]).ne("").mean() > 0.3),
-                None,
-            )
+            id_col = next((c for c in ID_COLUMNS if c in var and _id_fraction(var[c]) > 0.3), None)
     if id_col is not None and id_col != "var_names" and id_col not in var:
         raise GeneMappingError(f"var has no column {id_col!r}; columns: {list(var.columns)}")
     ids = pd.Series([""] * len(var), index=range(len(var)), dtype="string")

@@ -12,8 +12,8 @@ Step 1 multiplies a whole row by one number, so it changes the corpus medians bu
 within a cell; the encoder therefore ranks ``count / median`` directly. Ties are broken by
 vocabulary order, so the output is deterministic.
 
-Everything is vectorised over CSR blocks (one ``lexsort`` per block) rather than looping over
-cells in Python. The vocabulary (Ensembl IDs), the medians and the settings are saved with
+Everything works on whole CSR blocks: columns are relabelled by index (no per-cell Python loop)
+and each row is sorted by a compiled, parallel kernel (numba, which scanpy already brings). The vocabulary (Ensembl IDs), the medians and the settings are saved with
 every checkpoint and hashed, so a model never reads tokens made by another tokenizer.
 
 References: Theodoris et al., *Nature* 618, 616–624 (2023) (Geneformer).
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anndata as ad
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -37,7 +38,6 @@ from lifelm.data.cells.genes import (
     ID_COLUMNS,
     GeneMapping,
     GeneMappingError,
-    column_map,
     detect_species,
     map_genes,
 )
@@ -92,40 +92,117 @@ class TokenizedCells:
         )
 
 
+@numba.njit(parallel=True, cache=True)
+def _count_rows(
+    indptr: np.ndarray, vcol: np.ndarray, bits: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Per row, the number of entries that are in the vocabulary and non-zero."""
+    for r in numba.prange(len(indptr) - 1):
+        n = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            if vcol[k] >= 0 and bits[k] != 0:
+                n += 1
+        out[r] = n
+
+
+@numba.njit(parallel=True, cache=True)
+def _rank_rows(
+    indptr: np.ndarray,
+    vcol: np.ndarray,
+    bits: np.ndarray,
+    n_valid: np.ndarray,
+    out_offsets: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """Per row: one 64-bit key per gene, sorted ascending; keep the genes of the first keys.
+
+    The key's high half is the float32 bit pattern of the normalised value, inverted so that larger
+    values sort first (positive IEEE floats order like their bits); the low half is the vocabulary
+    index, which breaks ties.
+    """
+    for r in numba.prange(len(indptr) - 1):
+        keys = np.empty(n_valid[r], dtype=np.uint64)
+        m = 0
+        for k in range(indptr[r], indptr[r + 1]):
+            if vcol[k] >= 0 and bits[k] != 0:
+                keys[m] = (
+                    (np.uint64(0xFFFFFFFF) - np.uint64(bits[k])) << np.uint64(32)
+                ) | np.uint64(vcol[k])
+                m += 1
+        keys.sort()
+        start = out_offsets[r]
+        for k in range(out_offsets[r + 1] - start):
+            out[start + k] = np.int32(keys[k] & np.uint64(0xFFFFFFFF)) + N_SPECIAL
+
+
 def rank_block(
-    counts: sp.csr_matrix, inv_median: np.ndarray, max_genes: int
+    block: sp.csr_matrix, col_to_vocab: np.ndarray, inv_median: np.ndarray, max_genes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rank-value encode a CSR block already in vocabulary column order.
+    """Rank-value encode a CSR block of raw counts in the dataset's own column order.
 
     Parameters
     ----------
-    counts
-        (cells, vocab) counts, duplicates summed.
+    block
+        (cells, genes) counts.
+    col_to_vocab
+        (genes,) vocabulary index of each column, -1 for genes outside the vocabulary.
     inv_median
-        (vocab,) ``1 / median`` per gene.
+        (vocab,) ``1 / median`` per vocabulary gene.
     max_genes
         Keep at most this many genes per cell.
 
     Returns
     -------
     tokens, offsets, n_genes
-        Gene token ids (``N_SPECIAL + column``) per cell, highest normalised value first.
+        Gene token ids (``N_SPECIAL + vocabulary index``) per cell, highest normalised value first,
+        and the number of expressed vocabulary genes per cell before truncation.
+
+    Values are compared at float32 precision (that of the float32 matrices Geneformer ranks).
+    Several columns mapping to one gene are summed first; only their entries are touched.
     """
-    counts = counts.tocsr()
-    counts.eliminate_zeros()
-    n = counts.shape[0]
-    nnz_per_row = np.diff(counts.indptr)
-    rows = np.repeat(np.arange(n, dtype=np.int64), nnz_per_row)
-    cols = counts.indices.astype(np.int64)
-    value = counts.data.astype(np.float64) * inv_median[cols]
-    # primary key: row; then descending value; ties: vocabulary order
-    order = np.lexsort((cols, -value, rows))
-    rank = np.arange(len(order), dtype=np.int64) - np.repeat(counts.indptr[:-1], nnz_per_row)
-    keep = rank < max_genes
-    tokens = (cols[order][keep] + N_SPECIAL).astype(np.int32)
-    kept = np.minimum(nnz_per_row, max_genes)
+    indptr = block.indptr.astype(np.int64)
+    vcol = col_to_vocab[block.indices].astype(np.int32)  # (nnz,)
+    data = _merge_duplicate_genes(block, vcol, col_to_vocab, len(inv_median))
+    inv_ext = np.append(inv_median, 0.0)  # index -1 (outside the vocabulary) reads 0
+    bits = (data * inv_ext[vcol]).astype(np.float32).view(np.uint32)  # (nnz,)
+    n_valid = np.empty(block.shape[0], dtype=np.int64)
+    _count_rows(indptr, vcol, bits, n_valid)
+    kept = np.minimum(n_valid, max_genes)
     offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-    return tokens, offsets, nnz_per_row.astype(np.int64)
+    tokens = np.empty(int(offsets[-1]), dtype=np.int32)
+    _rank_rows(indptr, vcol, bits, n_valid, offsets, tokens)
+    return tokens, offsets, n_valid
+
+
+def _merge_duplicate_genes(
+    block: sp.csr_matrix, vcol: np.ndarray, col_to_vocab: np.ndarray, n_vocab: int
+) -> np.ndarray:
+    """Block data with the counts of duplicated genes summed into their first entry (others 0)."""
+    sources = np.bincount(col_to_vocab[col_to_vocab >= 0], minlength=n_vocab)
+    dup_col = (col_to_vocab >= 0) & (sources[np.maximum(col_to_vocab, 0)] > 1)
+    if not dup_col.any():
+        return block.data
+    sel = np.flatnonzero(dup_col[block.indices])
+    data = block.data.astype(np.float64)
+    rows = np.searchsorted(block.indptr, sel, side="right") - 1
+    _, first, inverse = np.unique(
+        rows * n_vocab + vcol[sel].astype(np.int64), return_index=True, return_inverse=True
+    )
+    summed = np.bincount(inverse, weights=data[sel])
+    data[sel] = 0.0
+    data[sel[first]] = summed
+    return data
+
+
+def to_vocab_columns(block: sp.csr_matrix, col_to_vocab: np.ndarray, n_vocab: int) -> sp.csr_matrix:
+    """Relabel a CSR block's columns into vocabulary order, duplicates summed, other genes dropped."""
+    vcol = col_to_vocab[block.indices]
+    data = _merge_duplicate_genes(block, vcol, col_to_vocab, n_vocab)
+    keep = (vcol >= 0) & (data != 0)
+    kept_before = np.concatenate([[0], np.cumsum(keep)])
+    return sp.csr_matrix(
+        (data[keep], vcol[keep], kept_before[block.indptr]), shape=(block.shape[0], n_vocab)
+    )
 
 
 def _segment_medians(cols: np.ndarray, vals: np.ndarray, n_cols: int) -> np.ndarray:
@@ -216,12 +293,11 @@ class RankValueTokenizer:
         all_cols, all_vals = [], []
         for adata, mapping in zip(datasets, mappings, strict=True):
             src = find_counts(adata, layer)
-            cmap = column_map(mapping, vocab)
+            col_to_vocab = np.array([vocab.get(g, -1) for g in mapping.ids], dtype=np.int64)
             for _, block in src.chunks():
                 _check_values(block, src.where)
                 total = np.asarray(block.sum(axis=1)).ravel()
-                mapped = (block @ cmap).tocsr()
-                mapped.eliminate_zeros()
+                mapped = to_vocab_columns(block, col_to_vocab, len(genes))
                 rows = np.repeat(np.arange(mapped.shape[0]), np.diff(mapped.indptr))
                 scale = target_sum / np.maximum(total[rows], 1e-12)
                 all_cols.append(mapped.indices.astype(np.int64))
@@ -287,12 +363,12 @@ class RankValueTokenizer:
         """
         mapping = self.map_dataset(adata)
         src = find_counts(adata, layer)
-        cmap = column_map(mapping, self.vocab)
+        col_to_vocab = np.array([self.vocab.get(g, -1) for g in mapping.ids], dtype=np.int64)
         toks, offs, ngenes = [], [np.zeros(1, dtype=np.int64)], []
         base = 0
         for _, block in src.chunks(chunk):
             _check_values(block, src.where)
-            t, o, g = rank_block(block @ cmap, self._inv_median, self.max_length - 1)
+            t, o, g = rank_block(block, col_to_vocab, self._inv_median, self.max_length - 1)
             toks.append(t)
             offs.append(o[1:] + base)
             ngenes.append(g)
