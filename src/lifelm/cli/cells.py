@@ -92,6 +92,7 @@ def pretrain(
     with AdamW, warmup + cosine and gradient clipping, and checkpoints are written every
     --checkpoint-every steps. Runs unchanged under `torchrun --nproc_per_node N`.
     """
+    from lifelm._core.runtime import dist_env, shutdown_distributed
     from lifelm.tasks.cells.pretrain import pretrain as run
 
     cfg = _train_config(
@@ -112,6 +113,9 @@ def pretrain(
         layer=layer,
         resume=resume,
     )
+    shutdown_distributed()
+    if not dist_env().is_main:
+        return
     typer.echo(
         json.dumps(
             {
