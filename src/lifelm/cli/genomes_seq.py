@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -29,31 +30,41 @@ def _reference(reference: Path | None, annotation: Path | None):
     return Reference.from_files(reference, annotation)
 
 
+Sequences = Annotated[
+    Path, typer.Argument(help="FASTA of genomes (plain, .gz or .xz).", exists=True)
+]
+Out = Annotated[Path, typer.Option("-o", "--out", help="Output table (TSV, or JSON with --json).")]
+Metadata = Annotated[
+    Path | None, typer.Option("--metadata", help="TSV joined by sequence name.", exists=True)
+]
+MetadataKey = Annotated[
+    str | None,
+    typer.Option("--metadata-key", help="Metadata column holding the names (default: best match)."),
+]
+RefFasta = Annotated[
+    Path | None,
+    typer.Option("--reference", help="Reference FASTA (default: SARS-CoV-2 MN908947.3)."),
+]
+RefAnnotation = Annotated[
+    Path | None, typer.Option("--annotation", help="GFF3 or GenBank ORFs of --reference.")
+]
+Jobs = Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Write JSON records instead of TSV.")]
+
+
 def register(app: typer.Typer) -> None:
     """Add ``qc`` and ``mutations`` to the ``genomes`` app."""
 
     @app.command("qc")
     def qc(
-        sequences: Path = typer.Argument(
-            ..., help="FASTA of genomes (plain, .gz or .xz).", exists=True
-        ),
-        out: Path = typer.Option(
-            ..., "-o", "--out", help="Output table (TSV, or JSON with --json)."
-        ),
-        metadata: Path | None = typer.Option(
-            None, "--metadata", help="TSV joined by sequence name.", exists=True
-        ),
-        metadata_key: str | None = typer.Option(
-            None, "--metadata-key", help="Metadata column holding the names (default: best match)."
-        ),
-        reference: Path | None = typer.Option(
-            None, "--reference", help="Reference FASTA (default: SARS-CoV-2 MN908947.3)."
-        ),
-        annotation: Path | None = typer.Option(
-            None, "--annotation", help="GFF3 or GenBank ORFs of --reference."
-        ),
-        jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
-        as_json: bool = typer.Option(False, "--json", help="Write JSON records instead of TSV."),
+        sequences: Sequences,
+        out: Out,
+        metadata: Metadata = None,
+        metadata_key: MetadataKey = None,
+        reference: RefFasta = None,
+        annotation: RefAnnotation = None,
+        jobs: Jobs = 1,
+        as_json: AsJson = False,
     ) -> None:
         """QC each genome (length, N and mixed bases, coverage, frameshifts, stops): good/mediocre/bad with reasons."""
         from lifelm.tasks.genomes.qc import genome_qc
@@ -70,26 +81,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("mutations")
     def mutations(
-        sequences: Path = typer.Argument(
-            ..., help="FASTA of genomes (plain, .gz or .xz).", exists=True
-        ),
-        out: Path = typer.Option(
-            ..., "-o", "--out", help="Output table (TSV, or JSON with --json)."
-        ),
-        metadata: Path | None = typer.Option(
-            None, "--metadata", help="TSV joined by sequence name.", exists=True
-        ),
-        metadata_key: str | None = typer.Option(
-            None, "--metadata-key", help="Metadata column holding the names (default: best match)."
-        ),
-        reference: Path | None = typer.Option(
-            None, "--reference", help="Reference FASTA (default: SARS-CoV-2 MN908947.3)."
-        ),
-        annotation: Path | None = typer.Option(
-            None, "--annotation", help="GFF3 or GenBank ORFs of --reference."
-        ),
-        jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes."),
-        as_json: bool = typer.Option(False, "--json", help="Write JSON records instead of TSV."),
+        sequences: Sequences,
+        out: Out,
+        metadata: Metadata = None,
+        metadata_key: MetadataKey = None,
+        reference: RefFasta = None,
+        annotation: RefAnnotation = None,
+        jobs: Jobs = 1,
+        as_json: AsJson = False,
     ) -> None:
         """Align to the reference (minimap2) and call mutations in Nextclade's notation and columns."""
         from lifelm.tasks.genomes.mutations import call_mutations

@@ -279,6 +279,18 @@ def train(
     eval_loss: float | None = None
     last_loss = float("nan")
 
+    def held_out_loss() -> float:
+        assert eval_dataset is not None
+        return evaluate_loss(
+            _unwrap(model),
+            eval_dataset,
+            collate_fn,
+            batch_size=cfg.batch_size,
+            device=device,
+            seed=cfg.seed,
+            amp_dtype=amp_dtype,
+        )
+
     model.train()
     with make_progress(disable=not cfg.progress) as progress:
         task = progress.add_task("training", total=cfg.max_steps, completed=start_step, info="")
@@ -322,15 +334,7 @@ def train(
                     f"{unit}_per_s": items_window / max(elapsed, 1e-9),
                 }
                 if cfg.eval_every and eval_dataset is not None and done % cfg.eval_every == 0:
-                    row["eval_loss"] = evaluate_loss(
-                        _unwrap(model),
-                        eval_dataset,
-                        collate_fn,
-                        batch_size=cfg.batch_size,
-                        device=device,
-                        seed=cfg.seed,
-                        amp_dtype=amp_dtype,
-                    )
+                    row["eval_loss"] = held_out_loss()
                 history.append(row)
                 if env.is_main:
                     with metrics_path.open("a") as f:
@@ -350,15 +354,7 @@ def train(
                 os._exit(17)  # simulated kill: no cleanup, no final save
 
     if eval_dataset is not None:
-        eval_loss = evaluate_loss(
-            _unwrap(model),
-            eval_dataset,
-            collate_fn,
-            batch_size=cfg.batch_size,
-            device=device,
-            seed=cfg.seed,
-            amp_dtype=amp_dtype,
-        )
+        eval_loss = held_out_loss()
     model_dir = out_dir / "model"
     final_step = max(start_step, cfg.max_steps)
     if env.is_main:
