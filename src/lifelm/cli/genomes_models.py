@@ -101,6 +101,9 @@ def register(app: typer.Typer) -> None:
         annotation: Path | None = typer.Option(
             None, help="ORF annotation (GFF3/GenBank); default SARS-CoV-2."
         ),
+        mode: str = typer.Option(
+            "orf", help="orf: one document per ORF; genome: ORFs joined by [SEP]."
+        ),
         row_len: int = typer.Option(1024, help="Tokens per packed training row."),
         steps: int = typer.Option(500, help="Optimizer steps."),
         batch_size: int = typer.Option(8, help="Rows per step per process."),
@@ -123,6 +126,7 @@ def register(app: typer.Typer) -> None:
             out,
             held_out=[h.strip() for h in held if h.strip()],
             annotation=annotation,
+            mode=mode,
             row_len=row_len,
             train_config=_train_config(
                 steps, batch_size, lr, warmup, checkpoint_every, seed, device

@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from lifelm.evaluation.baselines.annotation import PcaLogReg, majority_baseline
 from lifelm.evaluation.metrics.classification import classification_scores
 from lifelm.evaluation.metrics.embedding import embedding_scores
-from lifelm.tasks.cells.annotate import predict_proba, train_annotator
+from lifelm.tasks.cells.annotate import fit_knn, predict_proba, train_annotator
 from lifelm.tasks.cells.embed import as_cell_model, embed_tokens
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.training.loop import TrainConfig
@@ -160,9 +160,11 @@ def run_annotation_benchmark(
     ok_te = ~np.isnan(emb_te).any(1)
 
     t0 = time.perf_counter()
-    knn = train_annotator(train_ad, cm, label_key=label_key, mode="knn", layer=layer)
-    proba = predict_proba(knn, cells_te)
-    pred = np.array(knn.classes, dtype=object)[np.nan_to_num(proba).argmax(1)]
+    classes = sorted(np.unique(y_tr))
+    y_idx = np.searchsorted(classes, y_tr)
+    knn = fit_knn(cm, emb_tr, y_idx, classes)
+    proba = knn.classifier.predict_proba(np.nan_to_num(emb_te))
+    pred = np.array(classes, dtype=object)[knn.classifier.classes_[proba.argmax(1)]]
     score("lifelm_knn", np.where(ok_te, pred, "unassigned").astype(str), t0)
     rows["lifelm_knn"]["seconds"] += t_embed
 

@@ -36,6 +36,23 @@ class KnnAnnotator:
     classes: list[str]
 
 
+def fit_knn(
+    model: CellModel,
+    embeddings: np.ndarray,
+    y: np.ndarray,
+    classes: list[str],
+    *,
+    n_neighbors: int = 15,
+) -> KnnAnnotator:
+    """A cosine kNN annotator on reference embeddings already computed (rows with NaN skipped)."""
+    ok = ~np.isnan(embeddings).any(1)
+    knn = KNeighborsClassifier(
+        n_neighbors=min(n_neighbors, int(ok.sum())), metric="cosine", weights="distance"
+    )
+    knn.fit(embeddings[ok], y[ok])
+    return KnnAnnotator(model, knn, classes)
+
+
 def _labels(reference: ad.AnnData, label_key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
     if label_key not in reference.obs:
         raise KeyError(
@@ -96,12 +113,7 @@ def train_annotator(
     keep = np.flatnonzero(known & (cells.n_genes > 0))
     cells, y = cells.subset(keep), y[keep]
     if mode == "knn":
-        emb = embed_tokens(cm, cells)
-        knn = KNeighborsClassifier(
-            n_neighbors=min(n_neighbors, len(y)), metric="cosine", weights="distance"
-        )
-        knn.fit(emb, y)
-        return KnnAnnotator(cm, knn, classes)
+        return fit_knn(cm, embed_tokens(cm, cells), y, classes, n_neighbors=n_neighbors)
     cfg = train_config or TrainConfig(lr=1e-4, warmup_steps=20, checkpoint_every=0, log_every=10)
     if train_config is None:
         steps = max(10, math.ceil(epochs * len(y) / cfg.batch_size))
