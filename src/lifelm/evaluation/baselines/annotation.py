@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
+import scanpy as sc
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from lifelm.data.cells.counts import find_counts
 from lifelm.data.cells.genes import column_map, map_genes
@@ -69,14 +70,14 @@ class PcaLogReg:
         ids = mapping.unique_ids()
         genes = {g: i for i, g in enumerate(ids)}
         x = log_normalized(adata, genes, layer)
-        # HVGs by dispersion of log-normalised values (mean/variance on the training cells)
-        mean = np.asarray(x.mean(0)).ravel()
-        var = np.asarray(x.multiply(x).mean(0)).ravel() - mean**2
-        disp = np.where(mean > 0, var / np.maximum(mean, 1e-12), 0)
-        hvg = np.sort(np.argsort(-disp)[: min(n_hvg, len(disp))])
+        # HVGs chosen on the training cells by scanpy's Seurat recipe (binned normalised dispersion)
+        hv = ad.AnnData(x)
+        sc.pp.highly_variable_genes(hv, n_top_genes=min(n_hvg, x.shape[1]), flavor="seurat")
+        hvg = np.flatnonzero(hv.var["highly_variable"].to_numpy())
         n_comp = min(n_pcs, len(hvg) - 1, x.shape[0] - 1)
         model = make_pipeline(
-            StandardScaler(),  # scanpy's sc.pp.scale: zero mean, unit variance per gene
+            StandardScaler(),  # sc.pp.scale: zero mean, unit variance per gene …
+            FunctionTransformer(np.clip, kw_args={"a_min": -10, "a_max": 10}),  # … clipped at 10
             PCA(n_components=n_comp, random_state=seed),
             LogisticRegression(max_iter=2000),
         )

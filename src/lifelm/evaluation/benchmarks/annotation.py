@@ -57,7 +57,7 @@ class AnnotationBenchmark:
 def _md(df: pd.DataFrame) -> str:
     cols = [df.index.name or "method", *df.columns]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, row in df.iterrows():
+    for idx, *row in df.itertuples():
         vals = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
         out.append("| " + " | ".join([str(idx), *vals]) + " |")
     return "\n".join(out)
