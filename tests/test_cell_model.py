@@ -109,3 +109,15 @@ def test_classifier_loss_and_logits() -> None:
     out = clf(ids, labels=torch.tensor([0, 1, 2, 0]))
     assert out["logits"].shape == (4, 3)
     assert out["loss"].ndim == 0
+
+
+def test_length_batches_cover_every_cell_once_within_the_token_budget() -> None:
+    from lifelm.data.cells.datasets import length_batches
+
+    lengths = np.array([2000, 5, 7, 1500, 3, 9, 10, 4])
+    batches = length_batches(lengths, batch_size=4, max_tokens=4000)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(8))
+    for b in batches:
+        assert len(b) <= 4
+        assert len(b) == 1 or len(b) * (lengths[b].max() + 1) <= 4000
+    assert batches[0].tolist() == [0]  # the longest cell alone

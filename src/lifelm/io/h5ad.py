@@ -71,15 +71,26 @@ class MatrixSource:
         return f"{self.path}:{self.name}" if self.path else self.name
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as CSR (float64 data is kept as stored; no copy of the whole matrix)."""
+        """Rows ``start:stop`` as CSR with canonical indices (views into an in-memory CSR; never a copy of the whole matrix)."""
         m = self.matrix
         if isinstance(m, h5py.Group):
             block = _read_h5_rows(m, start, stop, self.n_vars)
+        elif sp.issparse(m) and m.format == "csr":  # zero-copy views of data and indices
+            lo, hi = int(m.indptr[start]), int(m.indptr[stop])
+            block = sp.csr_matrix(
+                (m.data[lo:hi], m.indices[lo:hi], m.indptr[start : stop + 1] - lo),
+                shape=(stop - start, m.shape[1]),
+                copy=False,
+            )
         elif isinstance(m, h5py.Dataset) or sp.issparse(m) or hasattr(m, "to_memory"):
             block = sp.csr_matrix(m[start:stop])
         else:
             block = sp.csr_matrix(np.asarray(m[start:stop]))
-        block.sum_duplicates()
+        if (
+            not block.has_canonical_format
+        ):  # unsorted or repeated indices: fix a copy, never the source
+            block = block.copy()
+            block.sum_duplicates()
         return block
 
     def chunks(self, chunk: int = ROW_CHUNK) -> Iterator[tuple[int, sp.csr_matrix]]:

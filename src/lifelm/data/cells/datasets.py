@@ -84,7 +84,21 @@ class LabelCollator:
         return {"input_ids": ids, "attention_mask": ids.ne(PAD), "labels": labels}
 
 
-def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first), to waste little on padding."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def length_batches(
+    lengths: np.ndarray, batch_size: int, max_tokens: int | None = 16_384
+) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first), to waste little on padding.
+
+    A batch closes at ``batch_size`` cells or when padding every cell to the batch's longest
+    (the first, since cells are sorted) would exceed ``max_tokens`` tokens, so a few very long
+    cells do not force a whole batch of short ones to their length.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        width = int(lengths[order[start]]) + 1  # + [CLS]
+        n = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // width))
+        batches.append(order[start : start + n])
+        start += n
+    return batches

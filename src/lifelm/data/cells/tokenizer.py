@@ -93,46 +93,42 @@ class TokenizedCells:
 
 
 @numba.njit(parallel=True, cache=True)
-def _count_rows(
-    indptr: np.ndarray, vcol: np.ndarray, bits: np.ndarray, out: np.ndarray
-) -> None:  # pragma: no cover - compiled
-    """Per row, the number of entries that are in the vocabulary and non-zero."""
-    for r in numba.prange(len(indptr) - 1):
-        n = 0
-        for k in range(indptr[r], indptr[r + 1]):
-            if vcol[k] >= 0 and bits[k] != 0:
-                n += 1
-        out[r] = n
-
-
-@numba.njit(parallel=True, cache=True)
 def _rank_rows(
     indptr: np.ndarray,
     vcol: np.ndarray,
     bits: np.ndarray,
+    keys: np.ndarray,
     n_valid: np.ndarray,
-    out_offsets: np.ndarray,
-    out: np.ndarray,
+    max_genes: int,
 ) -> None:  # pragma: no cover - compiled
-    """Per row: one 64-bit key per gene, sorted ascending; keep the genes of the first keys.
+    """Per row: one 64-bit key per expressed vocabulary gene, sorted ascending in place.
 
     The key's high half is the float32 bit pattern of the normalised value, inverted so that larger
     values sort first (positive IEEE floats order like their bits); the low half is the vocabulary
-    index, which breaks ties.
+    index, which breaks ties. Row ``r``'s sorted keys occupy ``keys[indptr[r] : indptr[r] + n_valid[r]]``.
     """
     for r in numba.prange(len(indptr) - 1):
-        keys = np.empty(n_valid[r], dtype=np.uint64)
+        s = indptr[r]
         m = 0
-        for k in range(indptr[r], indptr[r + 1]):
+        for k in range(s, indptr[r + 1]):
             if vcol[k] >= 0 and bits[k] != 0:
-                keys[m] = (
-                    (np.uint64(0xFFFFFFFF) - np.uint64(bits[k])) << np.uint64(32)
-                ) | np.uint64(vcol[k])
+                high = np.uint64(0xFFFFFFFF) - np.uint64(bits[k])
+                keys[s + m] = (high << np.uint64(32)) | np.uint64(vcol[k])
                 m += 1
-        keys.sort()
+        keys[s : s + m].sort()
+        n_valid[r] = m
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather_tokens(
+    indptr: np.ndarray, keys: np.ndarray, out_offsets: np.ndarray, out: np.ndarray
+) -> None:  # pragma: no cover - compiled
+    """Copy the gene (low 32 bits) of each row's first keys into the ragged token array."""
+    for r in numba.prange(len(indptr) - 1):
+        s = indptr[r]
         start = out_offsets[r]
         for k in range(out_offsets[r + 1] - start):
-            out[start + k] = np.int32(keys[k] & np.uint64(0xFFFFFFFF)) + N_SPECIAL
+            out[start + k] = np.int32(keys[s + k] & np.uint64(0xFFFFFFFF)) + N_SPECIAL
 
 
 def rank_block(
@@ -157,20 +153,20 @@ def rank_block(
         Gene token ids (``N_SPECIAL + vocabulary index``) per cell, highest normalised value first,
         and the number of expressed vocabulary genes per cell before truncation.
 
-    Values are compared at float32 precision (that of the float32 matrices Geneformer ranks).
-    Several columns mapping to one gene are summed first; only their entries are touched.
+    Values are computed and compared in float32 (the precision of the float32 matrices Geneformer
+    ranks). Several columns mapping to one gene are summed first; only their entries are touched.
     """
-    indptr = block.indptr.astype(np.int64)
-    vcol = col_to_vocab[block.indices].astype(np.int32)  # (nnz,)
+    indptr = block.indptr.astype(np.int64, copy=False)
+    vcol = col_to_vocab.astype(np.int32, copy=False)[block.indices]  # (nnz,)
     data = _merge_duplicate_genes(block, vcol, col_to_vocab, len(inv_median))
-    inv_ext = np.append(inv_median, 0.0)  # index -1 (outside the vocabulary) reads 0
-    bits = (data * inv_ext[vcol]).astype(np.float32).view(np.uint32)  # (nnz,)
+    inv_ext = np.append(inv_median, 0.0).astype(np.float32)  # index -1 (not in vocabulary) reads 0
+    bits = np.multiply(data, inv_ext[vcol], dtype=np.float32).view(np.uint32)  # (nnz,)
+    keys = np.empty(len(bits), dtype=np.uint64)
     n_valid = np.empty(block.shape[0], dtype=np.int64)
-    _count_rows(indptr, vcol, bits, n_valid)
-    kept = np.minimum(n_valid, max_genes)
-    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    _rank_rows(indptr, vcol, bits, keys, n_valid, max_genes)
+    offsets = np.concatenate([[0], np.cumsum(np.minimum(n_valid, max_genes))]).astype(np.int64)
     tokens = np.empty(int(offsets[-1]), dtype=np.int32)
-    _rank_rows(indptr, vcol, bits, n_valid, offsets, tokens)
+    _gather_tokens(indptr, keys, offsets, tokens)
     return tokens, offsets, n_valid
 
 
@@ -183,14 +179,14 @@ def _merge_duplicate_genes(
     if not dup_col.any():
         return block.data
     sel = np.flatnonzero(dup_col[block.indices])
-    data = block.data.astype(np.float64)
+    data = block.data.copy()
     rows = np.searchsorted(block.indptr, sel, side="right") - 1
     _, first, inverse = np.unique(
         rows * n_vocab + vcol[sel].astype(np.int64), return_index=True, return_inverse=True
     )
     summed = np.bincount(inverse, weights=data[sel])
-    data[sel] = 0.0
-    data[sel[first]] = summed
+    data[sel] = 0
+    data[sel[first]] = summed.astype(data.dtype)
     return data
 
 
@@ -363,7 +359,7 @@ class RankValueTokenizer:
         """
         mapping = self.map_dataset(adata)
         src = find_counts(adata, layer)
-        col_to_vocab = np.array([self.vocab.get(g, -1) for g in mapping.ids], dtype=np.int64)
+        col_to_vocab = np.array([self.vocab.get(g, -1) for g in mapping.ids], dtype=np.int32)
         toks, offs, ngenes = [], [np.zeros(1, dtype=np.int64)], []
         base = 0
         for _, block in src.chunks(chunk):
