@@ -20,7 +20,9 @@ from lifelm.io.h5ad import read_h5ad as read
 from lifelm.tasks.cells.annotate import annotate, train_annotator
 from lifelm.tasks.cells.embed import embed
 from lifelm.tasks.cells.model_io import load_cell_model as load_model
+from lifelm.tasks.cells.perturb import perturb
 from lifelm.tasks.cells.pretrain import pretrain
+from lifelm.tasks.cells.targets import rank_targets
 from lifelm.testing.synthetic import synthetic_cells
 from lifelm.training.loop import TrainConfig
 
@@ -31,7 +33,9 @@ __all__ = [
     "embed",
     "evaluate",
     "load_model",
+    "perturb",
     "pretrain",
+    "rank_targets",
     "read",
     "synthetic_cells",
     "train_annotator",
