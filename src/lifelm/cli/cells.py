@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from lifelm.cli import cells_perturb, corpus
+
 app = typer.Typer(
     help="Single-cell models: pretrain, embed, annotate, evaluate.", no_args_is_help=True
 )
@@ -37,6 +39,11 @@ LAYER = Annotated[
     ),
 ]
 DEVICE = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
+
+
+# commands defined in their own modules: perturb/targets (in-silico perturbation), corpus (stores)
+cells_perturb.register(app)
+corpus.register(app)
 
 
 def _train_config(**kw: object):

@@ -14,7 +14,11 @@ What it does, in order, for each step:
    optimizer and schedule state) atomically and keeps the last two.
 
 ``resume=True`` restarts from the newest complete checkpoint. The same entry point runs on one
-CPU process, N gloo processes (``torchrun --nproc_per_node N``) or N GPUs (DDP).
+CPU process, N gloo processes (``torchrun --nproc_per_node N``) or N GPUs, under DDP or, with
+``strategy="fsdp"``, FSDP2 (:mod:`lifelm.training.distributed`); FSDP checkpoints are sharded
+``torch.distributed.checkpoint`` folders that every rank writes in parallel and that load on
+another number of ranks. A dataset may define ``epoch_order(seed, epoch)`` to replace the epoch
+permutation (the corpus store's block shuffling does); the order must be a permutation.
 
 Contract with callers: ``dataset[i]`` returns one item; ``collate_fn(items, generator)`` returns
 a dict of tensors; ``model(**batch)`` returns a dict holding a scalar ``"loss"``.
@@ -46,10 +50,20 @@ from lifelm._core.runtime import (
     seed_everything,
 )
 from lifelm.io.checkpoint import load_checkpoint, save_checkpoint
+from lifelm.training.distributed import (
+    Strategy,
+    barrier,
+    full_state_dict,
+    load_sharded,
+    resolve_strategy,
+    save_sharded,
+    wrap_model,
+)
 
 log = get_logger("lifelm.training")
 
 STATE_FILE = "trainer_state.pt"
+DCP_DIR = "dcp"  # sharded weights + optimizer state inside an FSDP checkpoint folder
 FAULT_ENV = "LIFELM_FAULT_AT_STEP"  # test hook: hard-exit after this step, as a kill would
 
 
@@ -73,6 +87,10 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto = bf16 on capable GPUs
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True  # rich progress bar on rank 0
+    strategy: Strategy = (
+        "auto"  # auto = DDP under torchrun; fsdp = FSDP2 + sharded (DCP) checkpoints
+    )
+    barrier_timeout_s: float = 1800.0  # a rank waiting longer than this for the others fails
 
 
 @dataclass
@@ -89,16 +107,30 @@ class TrainResult:
 class ItemStream:
     """Deterministic global order of item indices: a fresh permutation per epoch."""
 
-    def __init__(self, n_items: int, seed: int) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        seed: int,
+        order: Callable[[int, int], np.ndarray] | None = None,
+    ) -> None:
         if n_items <= 0:
             raise ValueError("the training dataset is empty")
         self.n = n_items
         self.seed = seed
+        self.order = order  # order(seed, epoch) -> permutation; default: a uniform one
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+            if self.order is not None:
+                perm = np.asarray(self.order(self.seed, epoch))
+                if len(perm) != self.n:
+                    raise ValueError(
+                        f"epoch_order gave {len(perm)} items for a dataset of {self.n}"
+                    )
+            else:
+                perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perms = {epoch: perm}
         return self._perms[epoch]
 
     def indices(self, start: int, count: int) -> list[int]:
@@ -160,13 +192,63 @@ def _write_checkpoint(
     torch.save({"step": step, "optimizer": optimizer.state_dict()}, tmp / STATE_FILE)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
+    _prune(folder, cfg)
+    return folder
+
+
+def _write_sharded_checkpoint(
+    out_dir: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sidecar: dict[str, Any],
+    cfg: TrainConfig,
+    is_main: bool,
+) -> Path:
+    """Every rank writes its shard of weights and optimizer state (DCP) into a temporary folder;
+    rank 0 then adds the sidecar and the trainer state and renames it (complete or absent)."""
+    folder = out_dir / "checkpoints" / f"step_{step}"
+    tmp = out_dir / "checkpoints" / f".tmp_step_{step}"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(cfg.barrier_timeout_s)
+    save_sharded(tmp / DCP_DIR, model, optimizer)
+    barrier(cfg.barrier_timeout_s)
+    if is_main:
+        (tmp / "config.json").write_text(
+            json.dumps(_sidecar(sidecar, step, cfg), indent=2, sort_keys=True, default=str)
+        )
+        torch.save({"step": step, "format": "dcp"}, tmp / STATE_FILE)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        _prune(folder, cfg)
+    barrier(cfg.barrier_timeout_s)
+    return folder
+
+
+def _prune(folder: Path, cfg: TrainConfig) -> None:
     old = sorted(
         (p for p in folder.parent.glob("step_*") if p != folder),
         key=lambda p: int(p.name.split("_")[1]),
     )
     for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
         shutil.rmtree(p, ignore_errors=True)
-    return folder
+
+
+def _mean_over_ranks(value: float, device: torch.device, distributed: bool) -> float:
+    """Mean of a per-rank number over all ranks (the loss of the global batch when ranks hold
+    equal shares); the value itself in a single process."""
+    if not distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t) / torch.distributed.get_world_size()
+
+
+def _as_float(x: torch.Tensor) -> float:
+    """A scalar tensor (or an FSDP DTensor) as a Python float."""
+    return float(x.full_tensor() if hasattr(x, "full_tensor") else x)
 
 
 def _sidecar(sidecar: dict[str, Any], step: int, cfg: TrainConfig) -> dict[str, Any]:
@@ -247,27 +329,40 @@ def train(
     seed_everything(cfg.seed)
 
     model = model.to(device)
+    strategy = resolve_strategy(cfg.strategy, env)
     start_step = 0
     ckpt = latest_checkpoint(out_dir) if resume else None
+    if strategy == "fsdp":  # shard first: the optimizer and a resumed state live on the shards
+        model = wrap_model(model, strategy, device)
     optimizer = build_optimizer(model, cfg)
     if ckpt is not None:
-        state, _ = load_checkpoint(ckpt)
-        model.load_state_dict(state)
         trainer = torch.load(ckpt / STATE_FILE, map_location=device, weights_only=False)
-        optimizer.load_state_dict(trainer["optimizer"])
+        if trainer.get("format") == "dcp":
+            if strategy != "fsdp":
+                raise ValueError(
+                    f"{ckpt} is a sharded (FSDP) checkpoint; resume it with strategy='fsdp'"
+                )
+            load_sharded(ckpt / DCP_DIR, model, optimizer)
+        else:
+            if strategy == "fsdp":
+                raise ValueError(
+                    f"{ckpt} is a DDP/single-process checkpoint; resume it without strategy='fsdp'"
+                )
+            state, _ = load_checkpoint(ckpt)
+            model.load_state_dict(state)
+            optimizer.load_state_dict(trainer["optimizer"])
         start_step = int(trainer["step"])
         if env.is_main:
             log.info("resuming from %s (step %d)", ckpt, start_step)
     elif env.is_main and (out_dir / "model").exists() and not resume:
         log.warning("%s exists; it will be overwritten when this run ends", out_dir / "model")
 
-    if env.is_distributed:
-        ddp_kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+    if strategy == "ddp":
+        model = wrap_model(model, strategy, device)
 
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    stream = ItemStream(len(dataset), cfg.seed)
+    stream = ItemStream(len(dataset), cfg.seed, getattr(dataset, "epoch_order", None))
     global_batch = cfg.batch_size * env.world_size
     metrics_path = out_dir / "metrics.jsonl"
     if env.is_main and ckpt is None and metrics_path.exists():
@@ -314,7 +409,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = (
-                float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                _as_float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
                 if cfg.grad_clip > 0
                 else float("nan")
             )
@@ -328,7 +423,7 @@ def train(
                 elapsed = time.perf_counter() - t_window
                 row = {
                     "step": done,
-                    "loss": float(np.mean(window)),
+                    "loss": _mean_over_ranks(float(np.mean(window)), device, env.is_distributed),
                     "lr": lr_at(step, cfg),
                     "grad_norm": grad_norm,
                     f"{unit}_per_s": items_window / max(elapsed, 1e-9),
@@ -346,10 +441,14 @@ def train(
             progress.update(task, completed=done)
 
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                if env.is_main:
-                    _write_checkpoint(out_dir, done, model, optimizer, sidecar, cfg)
-                if env.is_distributed:
-                    torch.distributed.barrier()
+                if strategy == "fsdp":
+                    _write_sharded_checkpoint(
+                        out_dir, done, model, optimizer, sidecar, cfg, env.is_main
+                    )
+                else:
+                    if env.is_main:
+                        _write_checkpoint(out_dir, done, model, optimizer, sidecar, cfg)
+                    barrier(cfg.barrier_timeout_s)
             if done == fault_at:
                 os._exit(17)  # simulated kill: no cleanup, no final save
 
@@ -357,13 +456,13 @@ def train(
         eval_loss = held_out_loss()
     model_dir = out_dir / "model"
     final_step = max(start_step, cfg.max_steps)
+    weights = full_state_dict(model)  # a collective under FSDP: every rank takes part
     if env.is_main:
         side = _sidecar(sidecar, final_step, cfg)
         if eval_loss is not None:
             side["eval_loss"] = eval_loss
-        save_checkpoint(model_dir, _unwrap(model).state_dict(), side)
-    if env.is_distributed:
-        torch.distributed.barrier()
+        save_checkpoint(model_dir, weights, side)
+    barrier(cfg.barrier_timeout_s)
     final = history[-1]["loss"] if history else last_loss
     return TrainResult(
         model_dir=model_dir,
