@@ -289,3 +289,23 @@ def test_split_store_holds_out_disjoint_cells(two_files: list[Path], tmp_path: P
     assert not set(train.index) & set(held.index)
     assert sorted(train.epoch_order(0, 1)) == list(range(len(train)))
     np.testing.assert_array_equal(train[0][0], store[int(train.index[0])][0])
+
+
+def test_pretrain_reads_a_corpus_store(tmp_path: Path) -> None:
+    """`lifelm cells pretrain STORE` trains from the pre-tokenized store with the store's tokenizer."""
+    from lifelm.data.store.build import build_corpus
+    from lifelm.tasks.cells.model_io import load_cell_model
+    from lifelm.tasks.cells.pretrain import pretrain
+    from lifelm.testing.synthetic import synthetic_cells
+    from lifelm.training.loop import TrainConfig
+
+    h5 = tmp_path / "cells.h5ad"
+    synthetic_cells(120, 60, n_types=3, seed=3).write_h5ad(h5)
+    store = build_corpus([str(h5)], tmp_path / "store")
+    cfg = TrainConfig(max_steps=3, batch_size=8, warmup_steps=1, checkpoint_every=0, progress=False)
+    result = pretrain(store, tmp_path / "run", preset="test", train_config=cfg)
+    model = load_cell_model(result.model_dir)
+    from lifelm.data.store.store import CorpusStore
+
+    assert model.tokenizer.hash() == CorpusStore(store).tokenizer().hash()
+    assert model.config["data"]["store"] == str(store)

@@ -57,9 +57,9 @@ def pretrain(
     data: Annotated[
         list[Path],
         typer.Argument(
-            help="One or more .h5ad files with raw counts (read backed).",
+            help="One or more .h5ad files with raw counts (read backed), or one corpus store "
+            "folder from `lifelm cells corpus build`.",
             exists=True,
-            dir_okay=False,
         ),
     ],
     out: Annotated[
@@ -86,6 +86,12 @@ def pretrain(
     seed: Annotated[int, typer.Option(help="Seed for data order, masking and init.")] = 0,
     layer: LAYER = None,
     device: DEVICE = "auto",
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="Under torchrun: ddp, fsdp (FSDP2, sharded checkpoints) or auto (= ddp)."
+        ),
+    ] = "auto",
     resume: Annotated[
         bool,
         typer.Option(
@@ -99,8 +105,9 @@ def pretrain(
     with AdamW, warmup + cosine and gradient clipping, and checkpoints are written every
     --checkpoint-every steps. Runs unchanged under `torchrun --nproc_per_node N`.
     """
-    from lifelm._core.runtime import dist_env, shutdown_distributed
+    from lifelm._core.runtime import dist_env
     from lifelm.tasks.cells.pretrain import pretrain as run
+    from lifelm.training.distributed import shutdown
 
     cfg = _train_config(
         max_steps=steps,
@@ -110,9 +117,10 @@ def pretrain(
         checkpoint_every=checkpoint_every,
         seed=seed,
         device=device,
+        strategy=strategy,
     )
     result = run(
-        data,
+        data[0] if len(data) == 1 and data[0].is_dir() else data,
         out,
         preset=preset,
         train_config=cfg,
@@ -120,7 +128,7 @@ def pretrain(
         layer=layer,
         resume=resume,
     )
-    shutdown_distributed()
+    shutdown()
     if not dist_env().is_main:
         return
     typer.echo(

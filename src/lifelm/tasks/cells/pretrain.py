@@ -13,6 +13,8 @@ import numpy as np
 from lifelm._core.runtime import dist_env, get_logger, seed_everything
 from lifelm.data.cells.datasets import CellTokens, MaskedGeneCollator
 from lifelm.data.cells.tokenizer import RankValueTokenizer, TokenizedCells
+from lifelm.data.store.build import CORPUS_FILE
+from lifelm.data.store.store import CorpusStore, split_store
 from lifelm.io.h5ad import read_h5ad
 from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
 from lifelm.tasks.cells.model_io import sidecar
@@ -68,6 +70,13 @@ def tokenize_corpus(
     return merged, report
 
 
+def _store_folder(data: object) -> Path | None:
+    """The folder when ``data`` names a finished corpus store (``corpus.json`` inside), else None."""
+    if isinstance(data, str | Path) and (Path(data) / CORPUS_FILE).is_file():
+        return Path(data)
+    return None
+
+
 def pretrain(
     data: ad.AnnData | str | Path | Sequence[ad.AnnData | str | Path],
     out_dir: str | Path,
@@ -90,7 +99,8 @@ def pretrain(
     Parameters
     ----------
     data
-        AnnData objects or ``.h5ad`` paths (read backed).
+        AnnData objects or ``.h5ad`` paths (read backed), or the folder of a corpus store built by
+        ``lifelm cells corpus build`` (pre-tokenized; its tokenizer is used as is).
     out_dir
         Run folder; the model ends up in ``out_dir/model``.
     preset
@@ -112,23 +122,31 @@ def pretrain(
     """
     out_dir = Path(out_dir)
     cfg = train_config or TrainConfig()
-    adatas = _as_adatas(data)
-    tok_path = out_dir / TOKENIZER_FILE
-    probe = CellTransformerConfig.from_name(preset, vocab_size=4)
-    length = max_length or probe.max_length
-    if resume and tok_path.is_file():
-        tokenizer = RankValueTokenizer.from_dict(json.loads(tok_path.read_text()))
+    store_dir = _store_folder(data)
+    if store_dir is not None:  # a pre-tokenized corpus store: tokenizer and tokens come with it
+        store = CorpusStore(store_dir)
+        tokenizer = store.tokenizer()
+        length = tokenizer.max_length
+        train_items, eval_items = split_store(store, eval_fraction, cfg.seed)
+        report: dict[str, object] = {"store": str(store_dir), "n_cells": len(store)}
+        n_train, n_eval = len(train_items), (len(eval_items) if eval_items is not None else 0)
     else:
-        tokenizer = RankValueTokenizer.fit(adatas, layer=layer, max_length=length)
-        if dist_env().is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tok_path.write_text(json.dumps(tokenizer.to_dict()))
-    cells, report = tokenize_corpus(adatas, tokenizer, layer=layer, min_genes=min_genes)
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(len(cells))
-    n_eval = round(eval_fraction * len(cells)) if len(cells) >= 20 else 0
-    eval_cells = cells.subset(np.sort(perm[:n_eval])) if n_eval else None
-    train_cells = cells.subset(np.sort(perm[n_eval:]))
+        adatas = _as_adatas(data)  # type: ignore[arg-type]
+        tok_path = out_dir / TOKENIZER_FILE
+        length = max_length or CellTransformerConfig.from_name(preset, vocab_size=4).max_length
+        if resume and tok_path.is_file():
+            tokenizer = RankValueTokenizer.from_dict(json.loads(tok_path.read_text()))
+        else:
+            tokenizer = RankValueTokenizer.fit(adatas, layer=layer, max_length=length)
+            if dist_env().is_main:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                tok_path.write_text(json.dumps(tokenizer.to_dict()))
+        cells, report = tokenize_corpus(adatas, tokenizer, layer=layer, min_genes=min_genes)
+        perm = np.random.default_rng(cfg.seed).permutation(len(cells))
+        n_eval = round(eval_fraction * len(cells)) if len(cells) >= 20 else 0
+        train_items = CellTokens(cells.subset(np.sort(perm[n_eval:])))
+        eval_items = CellTokens(cells.subset(np.sort(perm[:n_eval]))) if n_eval else None
+        n_train = len(train_items)
     model_cfg = CellTransformerConfig.from_name(
         preset, vocab_size=tokenizer.vocab_size, max_length=length
     )
@@ -136,7 +154,7 @@ def pretrain(
     model = CellTransformer(model_cfg)
     provenance = {
         **report,
-        "n_train_cells": len(train_cells),
+        "n_train_cells": n_train,
         "n_eval_cells": n_eval,
         "split": f"random {eval_fraction:.0%} of cells held out for eval loss (seed {cfg.seed})",
         "preset": preset,
@@ -144,12 +162,12 @@ def pretrain(
     collate = MaskedGeneCollator(tokenizer.vocab_size, length, mask_prob)
     return train(
         model,
-        CellTokens(train_cells),
+        train_items,
         config=replace(cfg),
         out_dir=out_dir,
         collate_fn=collate,
         sidecar=sidecar(model_cfg, tokenizer, provenance=provenance),
         resume=resume,
-        eval_dataset=CellTokens(eval_cells) if eval_cells is not None else None,
+        eval_dataset=eval_items,
         unit="cells",
     )
