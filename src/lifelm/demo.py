@@ -28,7 +28,7 @@ def run_demo(
     h5ad: str | Path | None = None,
     label_key: str = "cell_type",
     preset: str = "tiny",
-    steps: int = 300,
+    steps: int = 200,
     seed: int = 0,
 ) -> str:
     """Run the whole cell workflow and return the evaluation as Markdown."""
@@ -50,14 +50,14 @@ def run_demo(
         log_every=max(1, steps // 30),
         seed=seed,
     )
-    result = pretrain(adata, out / "pretrain", preset=preset, train_config=cfg)
+    result = pretrain(adata, out / "pretrain", preset=preset, train_config=cfg, max_length=256)
     log.info("pretrained: train loss %.3f, eval loss %s", result.final_loss, result.eval_loss)
     embed(adata, result.model_dir)
     reference, query = _halves(adata, seed)
     annotate(query, result.model_dir, reference=reference, label_key=label_key, mode="knn")
     query.write_h5ad(out / "query_annotated.h5ad", compression="gzip")
     bench = run_annotation_benchmark(adata, result.model_dir, label_key=label_key, seed=seed)
-    report = f"Data: {source}\nModel: {result.model_dir} ({preset}, {steps} steps)\n\n{bench.to_markdown()}\n"
+    report = f"Data: {source}\nModel: {result.model_dir} ({preset}, 256 tokens, {steps} steps)\n\n{bench.to_markdown()}\n"
     (out / "report.md").write_text(report)
     return report
 

@@ -25,7 +25,7 @@ def demo(
         str, typer.Option(help="Label column for annotation and evaluation.")
     ] = "cell_type",
     preset: Annotated[str, typer.Option(help="Model size preset.")] = "tiny",
-    steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 300,
+    steps: Annotated[int, typer.Option(help="Pretraining steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
 ) -> None:
     """Pretrain a small cell model, embed, annotate a held-out half and compare with baselines."""
