@@ -29,8 +29,8 @@ def test_python_quickstart_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     code = re.search(r"```python\n(.*?)```", README, re.S).group(1)  # type: ignore[union-attr]
     assert len(code.strip().splitlines()) <= 5
     # same code, test-sized: a tiny model and a few steps on generated cells
-    code = code.replace('preset="small"', 'preset="test"').replace(
-        "max_steps=600", "max_steps=3, progress=False"
+    code = code.replace('preset="tiny"', 'preset="test"').replace(
+        "max_steps=300", "max_steps=3, progress=False"
     )
     monkeypatch.chdir(tmp_path)
     synthetic_cells(120, 60, n_types=3).write_h5ad("pbmc3k.h5ad")
