@@ -309,3 +309,33 @@ def test_pretrain_reads_a_corpus_store(tmp_path: Path) -> None:
 
     assert model.tokenizer.hash() == CorpusStore(store).tokenizer().hash()
     assert model.config["data"]["store"] == str(store)
+
+
+def test_codon_pretraining_reads_a_codon_store(tmp_path: Path) -> None:
+    """`lifelm genomes pretrain STORE` trains the codon model from the packed rows on disk."""
+    from lifelm.data.store.codons import build_codon_store
+    from lifelm.tasks.genomes.train import pretrain
+    from lifelm.training.loop import TrainConfig
+
+    rng = np.random.default_rng(1)
+    codons = [
+        a + b + c
+        for a in "ACGT"
+        for b in "ACGT"
+        for c in "ACGT"
+        if a + b + c not in ("TAA", "TAG", "TGA")
+    ]
+    fasta = tmp_path / "cds.fasta"
+    fasta.write_text(
+        "".join(
+            f">g{k} gene\nATG{''.join(rng.choice(codons, rng.integers(40, 120)))}TAA\n"
+            for k in range(40)
+        )
+    )
+    store = build_codon_store([fasta], tmp_path / "store", row_len=64, shard_docs=20, min_codons=30)
+    cfg = TrainConfig(max_steps=2, batch_size=4, warmup_steps=1, checkpoint_every=0, progress=False)
+    result = pretrain([store], tmp_path / "run", preset="test", train_config=cfg)
+    side = (result.model_dir / "config.json").read_text()
+    assert str(store) in side
+    assert result.step == 2
+    assert np.isfinite(result.final_loss)

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
     @app.command("pretrain")
     def pretrain_cmd(
         cds: list[Path] = typer.Argument(
-            ..., help="CDS FASTA files (.fasta, .gz, .xz), one gene per record."
+            ...,
+            help="CDS FASTA files (.fasta, .gz, .xz), one gene per record, or one codon-store folder.",
         ),
         out: Path = typer.Option(
             ..., "--out", "-o", help="Run folder; the model goes to OUT/model."

@@ -24,6 +24,7 @@ from lifelm.data.genomes.datasets import (
     read_cds_fasta,
     split_by_genome,
 )
+from lifelm.data.store.codons import CODON_STORE_FILE, CodonStore
 from lifelm.models.codon_transformer import CodonTransformer, CodonTransformerConfig
 from lifelm.tasks.genomes.codon_lm import (
     default_orfs,
@@ -54,7 +55,9 @@ def pretrain(
     Parameters
     ----------
     cds
-        CDS FASTA files (one gene per record, sense strand, in frame).
+        CDS FASTA files (one gene per record, sense strand, in frame), or one codon-store folder
+        built by ``lifelm.data.store.codons.build_codon_store`` (then dedupe, held-out genomes and
+        ``max_genes`` were decided when the store was built and are not applied again).
     out_dir
         Run folder; the model is written to ``out_dir/model``.
     preset
@@ -75,6 +78,10 @@ def pretrain(
     seed
         Seeds the subset and the packing order.
     """
+    if len(cds) == 1 and (Path(cds[0]) / CODON_STORE_FILE).is_file():
+        return _pretrain_from_store(
+            Path(cds[0]), out_dir, preset=preset, train_config=train_config, resume=resume
+        )
     records = [r for path in cds for r in read_cds_fasta(path)]
     report = None
     if dedupe:
@@ -117,6 +124,37 @@ def pretrain(
         sidecar=model_sidecar(cfg, data=provenance),
         resume=resume,
         eval_dataset=eval_dataset,
+        unit="rows",
+    )
+
+
+def _pretrain_from_store(
+    store_dir: Path,
+    out_dir: str | Path,
+    *,
+    preset: str,
+    train_config: TrainConfig | None,
+    resume: bool,
+) -> TrainResult:
+    """Pretrain on a codon store (``lifelm.data.store.codons``): packed rows read from disk, in the
+    store's block-shuffled order, so the corpus need not fit in memory."""
+    store = CodonStore(store_dir)
+    cfg = CodonTransformerConfig.from_name(preset, max_len=max(store.row_len, 1024))
+    provenance: dict[str, Any] = {
+        "task": "pretrain",
+        "store": str(store_dir),
+        "n_rows": len(store),
+        "row_len": store.row_len,
+    }
+    print0(f"pretrain: codon store {store_dir}, {len(store)} rows of {store.row_len}")
+    return train(
+        CodonTransformer(cfg),
+        store,
+        config=train_config or TrainConfig(),
+        out_dir=out_dir,
+        collate_fn=collate_packed,
+        sidecar=model_sidecar(cfg, data=provenance),
+        resume=resume,
         unit="rows",
     )
 
