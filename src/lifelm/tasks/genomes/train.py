@@ -78,43 +78,53 @@ def pretrain(
     seed
         Seeds the subset and the packing order.
     """
-    if len(cds) == 1 and (Path(cds[0]) / CODON_STORE_FILE).is_file():
-        return _pretrain_from_store(
-            Path(cds[0]), out_dir, preset=preset, train_config=train_config, resume=resume
-        )
-    records = [r for path in cds for r in read_cds_fasta(path)]
-    report = None
-    if dedupe:
-        records, report = dedupe_cds(records, seed=seed)
-        print0(
-            f"dedupe: {report.n_in} genes -> {report.n_out} ({report.n_exact} exact, {report.n_near} near)"
-        )
-    train_recs, held = split_by_genome(records, held_out_genomes)
-    if max_genes is not None and max_genes < len(train_recs):
-        pick = np.random.default_rng(seed).choice(len(train_recs), size=max_genes, replace=False)
-        train_recs = [train_recs[i] for i in sorted(pick)]
-    docs, stats = cds_documents(train_recs)
-    dataset = PackedCodonDataset(docs, row_len, seed=seed)
     eval_dataset = None
-    if held:
-        held_docs, _ = cds_documents(held[: max(200, len(held) // 10)])
-        eval_dataset = PackedCodonDataset(held_docs, row_len, seed=seed)
+    if len(cds) == 1 and (Path(cds[0]) / CODON_STORE_FILE).is_file():
+        # a codon store: packed rows read from disk in its block-shuffled order
+        dataset = CodonStore(cds[0])
+        row_len = dataset.row_len
+        provenance: dict[str, Any] = {
+            "task": "pretrain",
+            "store": str(cds[0]),
+            "n_rows": len(dataset),
+            "row_len": row_len,
+        }
+        print0(f"pretrain: codon store {cds[0]}, {len(dataset)} rows of {row_len}")
+    else:
+        records = [r for path in cds for r in read_cds_fasta(path)]
+        report = None
+        if dedupe:
+            records, report = dedupe_cds(records, seed=seed)
+            print0(
+                f"dedupe: {report.n_in} genes -> {report.n_out} ({report.n_exact} exact, {report.n_near} near)"
+            )
+        train_recs, held = split_by_genome(records, held_out_genomes)
+        if max_genes is not None and max_genes < len(train_recs):
+            pick = np.random.default_rng(seed).choice(
+                len(train_recs), size=max_genes, replace=False
+            )
+            train_recs = [train_recs[i] for i in sorted(pick)]
+        docs, stats = cds_documents(train_recs)
+        dataset = PackedCodonDataset(docs, row_len, seed=seed)
+        if held:
+            held_docs, _ = cds_documents(held[: max(200, len(held) // 10)])
+            eval_dataset = PackedCodonDataset(held_docs, row_len, seed=seed)
+        provenance = {
+            "task": "pretrain",
+            "cds": [str(p) for p in cds],
+            "n_genes": len(train_recs),
+            "n_tokens": dataset.n_tokens,
+            "n_rows": len(dataset),
+            "row_len": row_len,
+            "unknown_codons": stats.n_unknown,
+            "held_out_genomes": list(held_out_genomes),
+            "dedupe": asdict(report) if report else None,
+        }
+        print0(
+            f"pretrain: {len(train_recs)} genes, {dataset.n_tokens} codon tokens in {len(dataset)} rows "
+            f"of {row_len}; held out {len(held)} genes of {list(held_out_genomes)}"
+        )
     cfg = CodonTransformerConfig.from_name(preset, max_len=max(row_len, 1024))
-    provenance: dict[str, Any] = {
-        "task": "pretrain",
-        "cds": [str(p) for p in cds],
-        "n_genes": len(train_recs),
-        "n_tokens": dataset.n_tokens,
-        "n_rows": len(dataset),
-        "row_len": row_len,
-        "unknown_codons": stats.n_unknown,
-        "held_out_genomes": list(held_out_genomes),
-        "dedupe": asdict(report) if report else None,
-    }
-    print0(
-        f"pretrain: {len(train_recs)} genes, {dataset.n_tokens} codon tokens in {len(dataset)} rows "
-        f"of {row_len}; held out {len(held)} genes of {list(held_out_genomes)}"
-    )
     return train(
         CodonTransformer(cfg),
         dataset,
@@ -124,37 +134,6 @@ def pretrain(
         sidecar=model_sidecar(cfg, data=provenance),
         resume=resume,
         eval_dataset=eval_dataset,
-        unit="rows",
-    )
-
-
-def _pretrain_from_store(
-    store_dir: Path,
-    out_dir: str | Path,
-    *,
-    preset: str,
-    train_config: TrainConfig | None,
-    resume: bool,
-) -> TrainResult:
-    """Pretrain on a codon store (``lifelm.data.store.codons``): packed rows read from disk, in the
-    store's block-shuffled order, so the corpus need not fit in memory."""
-    store = CodonStore(store_dir)
-    cfg = CodonTransformerConfig.from_name(preset, max_len=max(store.row_len, 1024))
-    provenance: dict[str, Any] = {
-        "task": "pretrain",
-        "store": str(store_dir),
-        "n_rows": len(store),
-        "row_len": store.row_len,
-    }
-    print0(f"pretrain: codon store {store_dir}, {len(store)} rows of {store.row_len}")
-    return train(
-        CodonTransformer(cfg),
-        store,
-        config=train_config or TrainConfig(),
-        out_dir=out_dir,
-        collate_fn=collate_packed,
-        sidecar=model_sidecar(cfg, data=provenance),
-        resume=resume,
         unit="rows",
     )
 
