@@ -32,30 +32,16 @@ import json
 import os
 import pickle
 import platform
-import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PBMC3K = Path(__file__).resolve().parents[2] / (
-    "shared/data/singlecell/pbmc3k/pbmc3k_seurat_counts.h5ad"
-)
-
-
-class Clock:
-    """Wall-clock and process CPU seconds of a ``with`` block (CPU time is less hurt by a busy box)."""
-
-    def __enter__(self) -> Clock:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.times = [time.perf_counter() - self._wall, time.process_time() - self._cpu]
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tokenizer_throughput import PBMC3K, Clock, summary
 
 SHAPES = {  # the BertConfig that matches each LifeLM preset (Geneformer V1 style)
     "geneformer-6l": {
@@ -94,17 +80,10 @@ def _cpu_patch() -> None:
     torch.Tensor.to = cpu_to
 
 
-def worker(args: argparse.Namespace) -> None:
-    """Runs in Geneformer's venv: build the BERT, write the dataset, time the extractor."""
-    import logging
-
-    logging.disable(logging.WARNING)
-    _cpu_patch()
-    import geneformer.emb_extractor as gfe
-    import geneformer.perturber_utils as pu
+def gf_dataset_and_bert(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Geneformer side (its venv): the cells as a ``datasets`` folder, a random BERT of the preset's shape."""
     import torch
     from datasets import Dataset
-    from geneformer import EmbExtractor
     from transformers import BertConfig, BertForMaskedLM
 
     tmp = Path(args.tmp)
@@ -133,6 +112,21 @@ def worker(args: argparse.Namespace) -> None:
     model_dir = tmp / f"bert_{args.preset}"
     BertForMaskedLM(cfg).save_pretrained(model_dir)
     torch.set_num_threads(int(args.threads))
+    return data_dir, model_dir
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Runs in Geneformer's venv: build the BERT, write the dataset, time the extractor."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    _cpu_patch()
+    import geneformer.emb_extractor as gfe
+    import geneformer.perturber_utils as pu
+    from geneformer import EmbExtractor
+
+    data_dir, model_dir = gf_dataset_and_bert(args)
+    tmp = Path(args.tmp)
 
     def extractor() -> Any:
         return EmbExtractor(
@@ -230,18 +224,6 @@ def time_geneformer(
     if proc.returncode:
         raise RuntimeError(f"Geneformer worker {preset} failed:\n{proc.stderr[-4000:]}")
     return json.loads(js.read_text())
-
-
-def summary(times: list[list[float]], n: int) -> dict[str, float]:
-    """Best and median of ``[wall, cpu]`` pairs, and cells per wall / CPU second at the best."""
-    wall, cpu = [t[0] for t in times], [t[1] for t in times]
-    return {
-        "best_s": min(wall),
-        "median_s": statistics.median(wall),
-        "best_cpu_s": min(cpu),
-        "cells_per_s_best": n / min(wall),
-        "cells_per_cpu_s_best": n / min(cpu),
-    }
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_throughput import PBMC3K, SHAPES, Clock, _cpu_patch, tokenize_cells
+from embed_throughput import PBMC3K, Clock, _cpu_patch, gf_dataset_and_bert, tokenize_cells
 
 
 # ------------------------------------------------------------------------- Geneformer side
@@ -47,35 +47,10 @@ def worker(args: argparse.Namespace) -> None:
 
     logging.disable(logging.WARNING)
     _cpu_patch()
-    import torch
-    from datasets import Dataset
     from geneformer import InSilicoPerturber
-    from transformers import BertConfig, BertForMaskedLM
 
+    data_dir, model_dir = gf_dataset_and_bert(args)
     tmp = Path(args.tmp)
-    token_dict = pickle.loads(Path(args.token_dict).read_bytes())
-    toks = np.load(args.tokens)
-    genes, offsets = toks["genes"], toks["offsets"]
-    ids = [
-        [int(token_dict[g]) for g in genes[offsets[i] : offsets[i + 1]]]
-        for i in range(len(offsets) - 1)
-    ]
-    data_dir = tmp / "cells.dataset"
-    Dataset.from_dict({"input_ids": ids, "length": [len(c) for c in ids]}).save_to_disk(
-        str(data_dir)
-    )
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(token_dict),
-        max_position_embeddings=2048,
-        hidden_act="relu",
-        layer_norm_eps=1e-12,
-        pad_token_id=token_dict["<pad>"],
-        **SHAPES[args.preset],
-    )
-    model_dir = tmp / f"bert_{args.preset}"
-    BertForMaskedLM(cfg).save_pretrained(model_dir)
-    torch.set_num_threads(int(args.threads))
     out_dir = tmp / "gf_out"
     out_dir.mkdir(exist_ok=True)
     isp = InSilicoPerturber(
