@@ -6,6 +6,10 @@ inside its commands, so ``lifelm --help`` stays fast. Nothing in the package imp
 
 from __future__ import annotations
 
+import sys
+from typing import Annotated
+
+import click
 import typer
 
 from lifelm import __version__
@@ -19,8 +23,21 @@ app = typer.Typer(
     help="LifeLM: foundation models of cells and genomes.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
 )
+_state = {"debug": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback when a command fails.")
+    ] = False,
+) -> None:
+    """LifeLM: foundation models of cells and genomes."""
+    _state["debug"] = debug
+
+
 app.add_typer(cells_app, name="cells")
 app.add_typer(genomes_app, name="genomes")
 app.add_typer(bench_app, name="bench")
@@ -33,6 +50,43 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point.
+
+    Errors a user can fix (:class:`lifelm._core.errors.LifeLMError` and the readers' own
+    ``ValueError``/``OSError`` subclasses) print one ``error:`` line and exit with status 2;
+    any other exception is an internal error (exit 1). ``--debug`` shows the traceback.
+    """
+    from lifelm._core.errors import LifeLMError
+
+    args = sys.argv[1:] if argv is None else argv
+    _state["debug"] = "--debug" in args
+    try:
+        rv = app(args=args, prog_name="lifelm", standalone_mode=False)
+    except click.exceptions.Abort:
+        typer.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except (LifeLMError, ValueError, KeyError, OSError) as e:
+        if _state["debug"]:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        typer.echo(f"error: {msg}", err=True)
+        sys.exit(2)
+    except Exception as e:
+        if _state["debug"]:
+            raise
+        typer.echo(
+            f"internal error: {type(e).__name__}: {e}\n(a bug in LifeLM; run again with --debug "
+            "for the traceback and report it)",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

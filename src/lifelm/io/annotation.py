@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lifelm._core.errors import LifeLMError
 from lifelm.io.fasta import open_text
 
 
-class AnnotationError(ValueError):
+class AnnotationError(LifeLMError, ValueError):
     """An annotation file that cannot be turned into ORFs; the message names file and line."""
 
 

@@ -17,11 +17,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lifelm._core.errors import LifeLMError
+
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LifeLMError, RuntimeError):
     """A checkpoint folder is missing, incomplete or incompatible."""
 
 

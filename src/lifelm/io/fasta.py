@@ -25,6 +25,8 @@ from typing import IO, Literal
 
 import pandas as pd
 
+from lifelm._core.errors import LifeLMError
+
 logger = logging.getLogger("lifelm")
 
 #: IUPAC nucleotide codes (upper case) plus ``-`` for alignment gaps.
@@ -37,7 +39,7 @@ _MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bz2"}
 _SUFFIX = {".gz": "gzip", ".gzip": "gzip", ".xz": "xz", ".bz2": "bz2"}
 
 
-class FastaFormatError(ValueError):
+class FastaFormatError(LifeLMError, ValueError):
     """A FASTA file that cannot be read safely; the message names file, record, line and fix."""
 
 

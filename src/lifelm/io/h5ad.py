@@ -17,10 +17,12 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from lifelm._core.errors import LifeLMError
+
 ROW_CHUNK = 8192  # rows per block when streaming a matrix
 
 
-class H5adError(ValueError):
+class H5adError(LifeLMError, ValueError):
     """An .h5ad file cannot be read as LifeLM needs it; the message names the file, field and fix."""
 
 

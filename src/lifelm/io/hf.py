@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
+from lifelm._core.errors import LifeLMError
+
 GENSLM_VOCAB_SIZE = 69
 
 
-class HFImportError(RuntimeError):
+class HFImportError(LifeLMError, RuntimeError):
     """A Hugging Face folder cannot be read as a GenSLM codon model."""
 
 

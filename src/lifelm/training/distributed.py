@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lifelm._core.errors import LifeLMError
 from lifelm._core.runtime import DistEnv, get_logger
 
 log = get_logger("lifelm.distributed")
@@ -30,7 +31,7 @@ log = get_logger("lifelm.distributed")
 Strategy = Literal["auto", "ddp", "fsdp"]
 
 
-class DistributedError(RuntimeError):
+class DistributedError(LifeLMError, RuntimeError):
     """Ranks did not meet in time, or a strategy cannot be used as asked."""
 
 

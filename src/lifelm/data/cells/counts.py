@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 
+from lifelm._core.errors import LifeLMError
 from lifelm.io.h5ad import MatrixSource, memory_sources
 
 SAMPLE_ROWS = 2000  # rows inspected to decide whether a matrix holds counts
 
 
-class NotCountsError(ValueError):
+class NotCountsError(LifeLMError, ValueError):
     """No raw-count matrix was found where one was looked for."""
 
 

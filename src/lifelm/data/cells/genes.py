@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lifelm._core.errors import LifeLMError
+
 Species = Literal["homo_sapiens", "mus_musculus"]
 ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?$")
 _PREFIX = {"ENSG": "homo_sapiens", "ENSMUSG": "mus_musculus"}
@@ -28,7 +30,7 @@ ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "feature_id", "gene_ids-0")
 SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "feature_name", "gene_name", "symbol")
 
 
-class GeneMappingError(ValueError):
+class GeneMappingError(LifeLMError, ValueError):
     """Too few genes could be identified; the message says which column was used and the fix."""
 
 

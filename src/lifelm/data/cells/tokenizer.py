@@ -32,6 +32,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from lifelm._core.errors import LifeLMError
 from lifelm._core.runtime import get_logger
 from lifelm.data.cells.counts import find_counts
 from lifelm.data.cells.genes import (
@@ -50,7 +51,7 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 TOKENIZER_KIND = "rank_value_v1"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LifeLMError, ValueError):
     """Input that cannot be tokenized as asked (coverage, empty cells, bad values)."""
 
 

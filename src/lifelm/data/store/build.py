@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from lifelm._core.errors import LifeLMError
 from lifelm._core.progress import make_progress
 from lifelm._core.runtime import get_logger
 from lifelm.data.cells.tokenizer import (
@@ -50,7 +51,7 @@ BUILD_FILE = "build.json"  # sources and settings of a build in progress (checke
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class CorpusError(ValueError):
+class CorpusError(LifeLMError, ValueError):
     """A corpus store cannot be built or opened as asked; the message says why and the fix."""
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lifelm._core.errors import LifeLMError
 from lifelm.data.cells.counts import NotCountsError, find_counts, inspect_counts
 from lifelm.io.h5ad import MatrixSource, read_h5ad
 
@@ -28,7 +29,7 @@ METADATA_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(LifeLMError, ValueError):
     """A corpus source cannot be opened or read; the message names it and the fix."""
 
 
