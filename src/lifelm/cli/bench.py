@@ -3,42 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from lifelm.cli.options import OPTIONAL_MODEL, OUT_DIR
 
 app = typer.Typer(help="Benchmarks: every model next to simple baselines.", no_args_is_help=True)
 
 
 @app.command("perturbation")
 def perturbation(
-    data_root: Path = typer.Option(
-        Path("../shared/data"),
-        "--data",
-        help="Shared data folder that holds singlecell/perturbation and singlecell/kang2018.",
-    ),
-    out: Path = typer.Option(
-        Path("runs/bench_perturbation"),
-        "--out",
-        help="Folder for results.csv, table.md, plot and splits.",
-    ),
-    datasets: list[str] = typer.Option(
-        ["norman19", "mcfaline23", "papalexi21", "kang18"],
-        "--dataset",
-        help="Dataset names to run (repeat the option).",
-    ),
-    seeds: int = typer.Option(
-        3, "--seeds", min=1, help="Number of split seeds (0..N-1); the table reports mean ± sd."
-    ),
-    model: Path | None = typer.Option(
-        None,
-        "--model",
-        help="Pretrained cell-model folder: adds the cell-model linear baseline and the response model.",
-    ),
-    response_epochs: int = typer.Option(
-        300, "--response-epochs", help="Training epochs of the response model per split."
-    ),
+    data_root: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Data folder that holds singlecell/perturbation and singlecell/kang2018 "
+            "(e.g. the project's shared/data).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    out: OUT_DIR = Path("runs/bench_perturbation"),
+    datasets: Annotated[
+        list[str], typer.Option("--dataset", help="Dataset names to run (repeat the option).")
+    ] = ["norman19", "mcfaline23", "papalexi21", "kang18"],  # noqa: B006 (typer reads it)
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds", min=1, help="Number of split seeds (0..N-1); the table reports mean ± sd."
+        ),
+    ] = 3,
+    model: OPTIONAL_MODEL = None,
+    response_epochs: Annotated[
+        int, typer.Option(help="Training epochs of the response model per split.")
+    ] = 300,
 ) -> None:
-    """Run every perturbation baseline (and the response model) over every split and dataset."""
+    """Run every perturbation baseline (and the response model) over every split and dataset.
+
+    With -m/--model, the cell-model linear baseline and the response model are added.
+    """
     from lifelm.evaluation.benchmarks.perturbation import run_cli
 
     table = run_cli(
