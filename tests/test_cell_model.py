@@ -15,6 +15,7 @@ from lifelm.models.cell_transformer import (
     CellTransformer,
     CellTransformerConfig,
 )
+from lifelm.models.presets import UnknownPresetError
 
 V = 60
 
@@ -39,7 +40,9 @@ def test_every_preset_builds(name: str) -> None:
 
 
 def test_unknown_preset_lists_choices() -> None:
-    with pytest.raises(KeyError, match="choose one of test"):
+    with pytest.raises(
+        UnknownPresetError, match="unknown cell model preset 'huge'; choose one of test"
+    ):
         CellTransformerConfig.from_name("huge", vocab_size=10)
 
 

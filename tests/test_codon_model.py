@@ -16,6 +16,7 @@ from lifelm.models.codon_transformer import (
     rotary_cos_sin,
     target_mask,
 )
+from lifelm.models.presets import UnknownPresetError
 
 
 def _model(**overrides: object) -> CodonTransformer:
@@ -26,25 +27,25 @@ def _model(**overrides: object) -> CodonTransformer:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds(name: str) -> None:
     cfg = CodonTransformerConfig.from_name(name)
-    assert cfg.hidden % cfg.n_heads == 0
+    assert cfg.d_model % cfg.n_heads == 0
     assert CodonTransformerConfig.from_dict(cfg.to_dict()) == cfg
     if name == "test":
         out = CodonTransformer(cfg)(input_ids=torch.randint(5, 69, (2, 6)))
         assert out["logits"].shape == (2, 6, 69)
     if name == "genslm-25m":
-        assert (cfg.n_layers, cfg.hidden, cfg.n_heads, cfg.ffn) == (8, 512, 8, 2048)
+        assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.d_ff) == (8, 512, 8, 2048)
 
 
 def test_unknown_preset_and_fields_are_errors() -> None:
-    with pytest.raises(ValueError, match="unknown codon model preset"):
+    with pytest.raises(
+        UnknownPresetError, match="unknown codon model preset 'huge'; choose one of test"
+    ):
         CodonTransformerConfig.from_name("huge")
     with pytest.raises(ValueError, match="unknown codon model config fields"):
-        CodonTransformerConfig.from_dict({"hidden": 32, "wings": 2})
+        CodonTransformerConfig.from_dict({"d_model": 32, "wings": 2})
 
 
-@pytest.mark.parametrize(
-    "variant", [{}, {"norm": "rmsnorm", "activation": "swiglu", "parallel_residual": False}]
-)
+@pytest.mark.parametrize("variant", [{}, {"parallel_residual": False}, {"tie_embeddings": True}])
 def test_causal_future_tokens_do_not_change_the_past(variant: dict) -> None:
     model = _model(**variant)
     x = torch.randint(5, 69, (1, 12))
@@ -156,3 +157,12 @@ def test_gpt_neox_checkpoint_loads_with_identical_logits(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=x)["logits"], hf(x).logits, atol=1e-5, rtol=1e-4)
     assert sidecar["model"]["parallel_residual"] is True
+
+
+def test_checkpoints_with_the_old_field_names_still_load() -> None:
+    old = {"name": "tiny", "n_layers": 4, "hidden": 128, "n_heads": 4, "ffn": 512, "max_len": 512}
+    old |= {"norm": "layernorm", "activation": "gelu", "bias": True}
+    cfg = CodonTransformerConfig.from_dict(old)
+    assert (cfg.d_model, cfg.d_ff, cfg.max_length) == (128, 512, 512)
+    with pytest.raises(ValueError, match="activation='swiglu' is no longer supported"):
+        CodonTransformerConfig.from_dict({**old, "activation": "swiglu"})

@@ -20,11 +20,13 @@ Theodoris et al. 2023 (Geneformer); Xiong et al. 2020 (pre-LN transformers).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lifelm.models.presets import lookup_preset
 
 PAD_ID = 0  # must match lifelm.data.cells.tokenizer.PAD (the data layer owns the ids)
 
@@ -49,9 +51,8 @@ class CellTransformerConfig:
     @classmethod
     def from_name(cls, name: str, *, vocab_size: int, **overrides: object) -> CellTransformerConfig:
         """A preset by name (see :data:`PRESETS`), with optional field overrides."""
-        if name not in PRESETS:
-            raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        return replace(cls(vocab_size=vocab_size, **PRESETS[name]), **overrides)  # type: ignore[arg-type]
+        fields_ = {**lookup_preset(PRESETS, name, family="cell model"), **overrides}
+        return cls(vocab_size=vocab_size, **fields_)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -15,20 +15,24 @@ What is notable, and fixes faults of the original code:
   predict the first token of the next document.
 * **Embeddings over real tokens only.** The mean excludes ``[PAD]`` and ``[CLS]``; causal
   attention with right padding makes a row's hidden states independent of its batch-mates.
-* The GPT-NeoX switches that GenSLM checkpoints need (LayerNorm with biases, GELU, parallel
-  residual, untied head) are config fields, so ``lifelm.io.hf`` can map their weights 1:1.
+* GPT-NeoX's layout (LayerNorm with biases, GELU, biases in every linear layer) is the only
+  one; the two switches GPT-NeoX checkpoints differ in (parallel residual, tied head) are config
+  fields, so ``lifelm.io.hf`` can map their weights 1:1. Field names match the cell model's
+  (``d_model``, ``d_ff``, ``max_length``) and presets are looked up the same way.
 
 The model takes and returns tensors only; tokenization lives in ``lifelm.data.genomes.codons``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lifelm.models.presets import lookup_preset
 
 # ids of GenSLM's 69-token vocabulary that the model needs to know (see data/genomes/codons.py)
 UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -42,19 +46,17 @@ class CodonTransformerConfig:
     name: str = "custom"  # preset name, kept in the checkpoint for the record
     vocab_size: int = 69  # GenSLM's codon vocabulary: 5 specials + 64 codons
     n_layers: int = 2  # transformer blocks
-    hidden: int = 32  # model width D
-    n_heads: int = 2  # attention heads; head_dim = hidden / n_heads
-    ffn: int = 128  # feed-forward width (4 * hidden in GenSLM)
+    d_model: int = 32  # model width D
+    n_heads: int = 2  # attention heads; head_dim = d_model / n_heads
+    d_ff: int = 128  # feed-forward width (4 * d_model in GenSLM)
     rotary_fraction: float = (
         0.25  # share of each head's dims that get rotary positions (GenSLM: 0.25)
     )
     rotary_base: float = 10_000.0  # rotary frequency base
-    max_len: int = 10_240  # longest row the model is meant for (GenSLM's SARS-CoV-2 context)
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # pre-norm type
-    norm_eps: float = 1e-5  # epsilon of the norms
-    activation: Literal["gelu", "swiglu"] = "gelu"  # feed-forward nonlinearity
-    parallel_residual: bool = True  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)) instead of sequential
-    bias: bool = True  # biases in linear layers (GPT-NeoX has them)
+    max_length: int = 10_240  # longest row the model is meant for (GenSLM's SARS-CoV-2 context)
+    norm_eps: float = 1e-5  # LayerNorm epsilon
+    # GPT-NeoX checkpoints set these two; LifeLM's presets keep the GenSLM defaults
+    parallel_residual: bool = True  # x + attn(ln1(x)) + mlp(ln2(x)) instead of sequential
     tie_embeddings: bool = False  # share input embedding and output head (GenSLM does not)
     dropout: float = 0.0  # dropout on attention output and residual branches
     init_std: float = 0.02  # normal init of weights
@@ -62,7 +64,7 @@ class CodonTransformerConfig:
     @property
     def head_dim(self) -> int:
         """Width of one attention head."""
-        return self.hidden // self.n_heads
+        return self.d_model // self.n_heads
 
     @property
     def rotary_dims(self) -> int:
@@ -70,21 +72,15 @@ class CodonTransformerConfig:
         return int(self.head_dim * self.rotary_fraction) // 2 * 2
 
     def __post_init__(self) -> None:
-        if self.hidden % self.n_heads:
-            raise ValueError(
-                f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"
-            )
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if not 0.0 <= self.rotary_fraction <= 1.0:
             raise ValueError(f"rotary_fraction must be in [0, 1], got {self.rotary_fraction}")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> CodonTransformerConfig:
-        """A named preset (``test``, ``tiny``, ``small``, ``genslm-25m``), fields overridable."""
-        if name not in PRESETS:
-            raise ValueError(
-                f"unknown codon model preset {name!r}; choose one of {sorted(PRESETS)}"
-            )
-        return replace(PRESETS[name], **overrides)
+        """A preset by name (see :data:`PRESETS`), with optional field overrides."""
+        return cls(name=name, **{**lookup_preset(PRESETS, name, family="codon model"), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -92,7 +88,15 @@ class CodonTransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CodonTransformerConfig:
-        """Rebuild from :meth:`to_dict` output (unknown keys are an error, not ignored)."""
+        """Rebuild from :meth:`to_dict` output (unknown keys are an error, not ignored).
+
+        Checkpoints written before the config names were unified (``hidden``, ``ffn``,
+        ``max_len``; ``norm="layernorm"``, ``activation="gelu"``, ``bias=True``) still load.
+        """
+        d = {_RENAMED.get(k, k): v for k, v in d.items()}
+        for key, only in _REMOVED.items():
+            if key in d and (value := d.pop(key)) != only:
+                raise ValueError(f"codon model config {key}={value!r} is no longer supported")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -100,33 +104,21 @@ class CodonTransformerConfig:
         return cls(**d)
 
 
-PRESETS: dict[str, CodonTransformerConfig] = {
-    "test": CodonTransformerConfig(name="test", n_layers=2, hidden=32, n_heads=2, ffn=128),
-    "tiny": CodonTransformerConfig(name="tiny", n_layers=4, hidden=128, n_heads=4, ffn=512),
-    "small": CodonTransformerConfig(name="small", n_layers=6, hidden=256, n_heads=8, ffn=1024),
+# fields renamed to the cell model's names, and switches no preset used (their only value)
+_RENAMED = {"hidden": "d_model", "ffn": "d_ff", "max_len": "max_length"}
+_REMOVED = {"norm": "layernorm", "activation": "gelu", "bias": True}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "test": {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_ff": 128},
+    "tiny": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_ff": 512},
+    "small": {"n_layers": 6, "d_model": 256, "n_heads": 8, "d_ff": 1024},
     # GenSLM 25M: GPT-NeoX, 8 layers, hidden 512, 8 heads, FFN 2048, rotary 0.25, context 2048
-    "genslm-25m": CodonTransformerConfig(
-        name="genslm-25m", n_layers=8, hidden=512, n_heads=8, ffn=2048, max_len=2048
-    ),
+    "genslm-25m": {"n_layers": 8, "d_model": 512, "n_heads": 8, "d_ff": 2048, "max_length": 2048},
 }
 
 
-class RMSNorm(nn.Module):
-    """Root-mean-square norm (Zhang & Sennrich, 2019): no mean subtraction, no bias."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
 def _norm(cfg: CodonTransformerConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.hidden, cfg.norm_eps)
-    return nn.LayerNorm(cfg.hidden, eps=cfg.norm_eps, bias=cfg.bias)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
 def rotary_cos_sin(
@@ -158,8 +150,14 @@ class Attention(nn.Module):
     def __init__(self, cfg: CodonTransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden, bias=cfg.bias)  # rows: [q; k; v]
-        self.out = nn.Linear(cfg.hidden, cfg.hidden, bias=cfg.bias)
+        self.qkv = nn.Linear(
+            cfg.d_model,
+            3 * cfg.d_model,
+        )  # rows: [q; k; v]
+        self.out = nn.Linear(
+            cfg.d_model,
+            cfg.d_model,
+        )
 
     def forward(
         self,
@@ -181,20 +179,15 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GELU MLP (GPT-NeoX) or SwiGLU (Shazeer, 2020)."""
+    """GELU MLP (GPT-NeoX)."""
 
     def __init__(self, cfg: CodonTransformerConfig) -> None:
         super().__init__()
-        self.swiglu = cfg.activation == "swiglu"
-        self.up = nn.Linear(cfg.hidden, cfg.ffn * (2 if self.swiglu else 1), bias=cfg.bias)
-        self.down = nn.Linear(cfg.ffn, cfg.hidden, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(x)
-        if self.swiglu:
-            gate, val = h.chunk(2, dim=-1)
-            return self.down(F.silu(gate) * val)
-        return self.down(F.gelu(h))
+        return self.down(F.gelu(self.up(x)))
 
 
 class Block(nn.Module):
@@ -227,10 +220,10 @@ class CodonTransformer(nn.Module):
     def __init__(self, cfg: CodonTransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = _norm(cfg)
-        self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight

@@ -57,12 +57,12 @@ def embed_genomes(
     """
     model.eval()
     device = next(model.parameters()).device
-    context = min(context, model.cfg.max_len)
+    context = min(context, model.cfg.max_length)
     orfs = default_orfs() if orfs is None else orfs
     names = list(genomes)
     toks = [tokenize_genome(genomes[n], orfs) for n in names]
     items = windows([t.docs for t in toks], context)
-    sums = torch.zeros(len(names), model.cfg.hidden, dtype=torch.float64)
+    sums = torch.zeros(len(names), model.cfg.d_model, dtype=torch.float64)
     counts = torch.zeros(len(names), dtype=torch.float64)
     n_batches = sum(1 for _ in batched(items, batch_tokens))
     for idx, ids in track(

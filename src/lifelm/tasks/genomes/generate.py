@@ -83,7 +83,7 @@ def generate(
     model.eval()
     while not bool(done.all()):
         n_codons = ids.shape[1] - 1
-        ctx = ids[:, -model.cfg.max_len :].to(device)
+        ctx = ids[:, -model.cfg.max_length :].to(device)
         logits = model.head(model.hidden_states(ctx))[:, -1].float().cpu()  # (n, V)
         logp = logits.log_softmax(-1)
         allowed = torch.zeros_like(logits, dtype=torch.bool)

@@ -107,7 +107,7 @@ def score_genomes(
     orfs = default_orfs() if orfs is None else list(orfs)
     ref = reference_sequence() if reference is None else reference
     ref_orfs = [orf_sequence(ref, o) for o in orfs]
-    context = min(context, model.cfg.max_len)
+    context = min(context, model.cfg.max_length)
     names = list(genomes)
     g_rows, m_rows, o_rows = [], [], []
     starts = range(0, len(names), chunk)

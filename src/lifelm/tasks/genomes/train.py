@@ -124,7 +124,7 @@ def pretrain(
             f"pretrain: {len(train_recs)} genes, {dataset.n_tokens} codon tokens in {len(dataset)} rows "
             f"of {row_len}; held out {len(held)} genes of {list(held_out_genomes)}"
         )
-    cfg = CodonTransformerConfig.from_name(preset, max_len=max(row_len, 1024))
+    cfg = CodonTransformerConfig.from_name(preset, max_length=max(row_len, 1024))
     return train(
         CodonTransformer(cfg),
         dataset,
