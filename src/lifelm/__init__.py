@@ -1,9 +1,12 @@
 """LifeLM: open foundation models of cells and genomes.
 
-The user-facing API lives in two namespaces:
+The user-facing API:
 
-- :mod:`lifelm.cells`: single-cell transcriptome models (pretrain, embed, annotate, evaluate).
-- :mod:`lifelm.genomes`: codon language models of genomes (QC, mutations, embed, lineages).
+- :mod:`lifelm.cells`: single-cell transcriptome models (pretrain, embed, annotate, evaluate,
+  perturb, rank_targets).
+- :mod:`lifelm.tasks.genomes`: genomes (QC, mutations) and codon language models (pretrain,
+  finetune, embed, lineages, score, generate).
+- the ``lifelm`` command line (``lifelm --help``).
 """
 
 from __future__ import annotations
