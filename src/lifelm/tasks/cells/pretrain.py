@@ -59,14 +59,7 @@ def tokenize_corpus(
         parts.append(cells.subset(keep))
     if not parts or sum(len(p) for p in parts) == 0:
         raise ValueError(f"no cell has at least {min_genes} vocabulary genes; nothing to train on")
-    tokens = np.concatenate([p.tokens for p in parts])
-    lens = np.concatenate([p.lengths() for p in parts])
-    merged = TokenizedCells(
-        tokens=tokens,
-        offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        obs_names=np.concatenate([p.obs_names for p in parts]),
-        n_genes=np.concatenate([p.n_genes for p in parts]),
-    )
+    merged = TokenizedCells.concat(parts)
     return merged, report
 
 
