@@ -47,6 +47,7 @@ from torch import nn
 from lifelm import __version__
 from lifelm._core.errors import LifeLMError
 from lifelm._core.progress import make_progress
+from lifelm._core.runfolder import ensure_manifest
 from lifelm._core.runtime import (
     DistEnv,
     autocast_dtype,
@@ -75,7 +76,6 @@ from lifelm.training.distributed import (
     wrap_model,
 )
 from lifelm.training.runguard import (
-    check_run_manifest,
     hold_run_folder,
     raise_on_all_ranks,
     run_settings,
@@ -308,9 +308,7 @@ def _open_folder(
         try:
             if resume:
                 require_checkpoint(run.out_dir)
-            check_run_manifest(
-                run.out_dir, job=job, inputs=inputs, settings=settings, resume=resume
-            )
+            ensure_manifest(run.out_dir, job=job, inputs=inputs, settings=settings, resume=resume)
         except LifeLMError as err:
             error = err
         if error is None and not resume:
@@ -449,6 +447,7 @@ class _Metrics:
 # ----------------------------------------------------------------------------- train
 
 
+# Over 80 lines because of its numpydoc docstring; the body is the step loop, about 45 lines.
 def train(
     model: nn.Module,
     dataset: Sequence[Any],

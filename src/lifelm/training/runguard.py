@@ -3,7 +3,8 @@
 :func:`hold_run_folder` takes :func:`lifelm._core.runfolder.lock_folder` on rank 0 (other ranks
 write nothing of their own); it is re-entrant inside one process, so a task (cells ``pretrain``,
 which writes its tokenizer first) can hold the lock around its whole run and the loop's own call
-is then a no-op. :func:`check_run_manifest` writes ``manifest.json`` on a fresh run (content hashes
+is then a no-op. :func:`run_settings` gives what ``manifest.json`` records (written by
+:func:`lifelm._core.runfolder.ensure_manifest` on rank 0) on a fresh run (content hashes
 of the input files, the training settings and the checkpoint sidecar: model shape, tokenizer,
 data provenance) and, on resume, refuses other data, weights or settings, naming each
 difference. :func:`raise_on_all_ranks` turns rank 0's refusal into an error on every rank, so no
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lifelm._core.runfolder import ensure_manifest, lock_folder
+from lifelm._core.runfolder import lock_folder
 from lifelm._core.runtime import dist_env
 from lifelm.training.distributed import DistributedError
 
@@ -71,19 +72,6 @@ def run_settings(config: Any, sidecar: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = _recorded(value)
     return out
-
-
-def check_run_manifest(
-    out_dir: Path,
-    *,
-    job: str,
-    inputs: Mapping[str, str | Path | None],
-    settings: Mapping[str, Any],
-    resume: bool,
-) -> None:
-    """Write (fresh) or check (resume) ``out_dir/manifest.json``; rank 0 only."""
-    if dist_env().is_main:
-        ensure_manifest(out_dir, job=job, inputs=inputs, settings=settings, resume=resume)
 
 
 def raise_on_all_ranks(error: BaseException | None, device: torch.device) -> None:
