@@ -84,11 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-after", type=int, default=None)
     a = p.parse_args(argv)
     cfg = toy_config(a.steps, a.batch_size, a.strategy, a.checkpoint_every)
     seed_everything(0)
     if a.task == "toy":
-        train(
+        result = train(
             ToyModel(),
             ToyData(),
             config=cfg,
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             collate_fn=toy_collate,
             sidecar={},
             resume=a.resume,
+            stop_after=a.stop_after,
         )
     else:
         from lifelm.data.cells.datasets import MaskedGeneCollator
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         store = CorpusStore(a.store, block_size=8, window_blocks=2)
         vocab = store.tokenizer().vocab_size
         mcfg = CellTransformerConfig.from_name("test", vocab_size=vocab, max_length=64)
-        train(
+        result = train(
             CellTransformer(mcfg),
             store,
             config=cfg,
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
             collate_fn=MaskedGeneCollator(vocab, 64),
             sidecar={"model": mcfg.to_dict()},
             resume=a.resume,
+            stop_after=a.stop_after,
         )
+    if result.stopped:
+        os._exit(17)  # a simulated kill: no shutdown, no cleanup
     shutdown(timeout_s=120)
 
 

@@ -23,7 +23,7 @@ from dist_worker import ToyData, ToyModel, run_forked, toy_collate, toy_config
 from lifelm._core.runtime import seed_everything
 from lifelm.data.store.build import CorpusConfig, build_corpus
 from lifelm.testing.synthetic import synthetic_cells
-from lifelm.training.loop import FAULT_ENV, latest_checkpoint, train
+from lifelm.training.loop import latest_checkpoint, train
 
 
 def _two_ranks(args: list[str], env: dict[str, str] | None = None) -> list[int]:
@@ -68,7 +68,7 @@ def test_fsdp_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path: Path) 
     common = ["--task", "cells", "--store", str(tmp_path / "store"), "--strategy", "fsdp"]
     common += ["--steps", "6", "--batch-size", "8", "--checkpoint-every", "2"]
     assert _two_ranks([*common, "--out", str(tmp_path / "a")]) == [0, 0]
-    killed = _two_ranks([*common, "--out", str(tmp_path / "b")], env={FAULT_ENV: "3"})
+    killed = _two_ranks([*common, "--out", str(tmp_path / "b"), "--stop-after", "3"])
     assert killed == [17, 17]  # both ranks died after step 3 (epoch of 7 steps, mid-epoch)
     ckpt = latest_checkpoint(tmp_path / "b")
     assert ckpt is not None

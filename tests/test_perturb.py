@@ -19,6 +19,7 @@ from lifelm.data.cells.tokenizer import RankValueTokenizer
 from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
 from lifelm.tasks.cells import perturb as P
 from lifelm.tasks.cells.model_io import CellModel, sidecar
+from lifelm.tasks.cells.perturb import scan as S
 from lifelm.testing.synthetic import synthetic_cells
 
 
@@ -173,7 +174,7 @@ def test_resume_skips_finished_cells(setup, tmp_path: Path, monkeypatch) -> None
     cfg = P.ScanConfig(cells_per_part=2)
     full = P.scan_cells(model, sub, config=cfg, progress=False)
     calls = {"n": 0}
-    real = P._scan_group
+    real = S._scan_group
 
     def dying(*args, **kw):
         calls["n"] += 1
@@ -181,17 +182,17 @@ def test_resume_skips_finished_cells(setup, tmp_path: Path, monkeypatch) -> None
             raise KeyboardInterrupt("killed")
         return real(*args, **kw)
 
-    monkeypatch.setattr(P, "_scan_group", dying)
+    monkeypatch.setattr(S, "_scan_group", dying)
     with pytest.raises(KeyboardInterrupt):
         P.scan_cells(model, sub, config=cfg, out_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("part-*.npz"))) == 1
     seen: list[list[int]] = []
 
-    def counting(trunk, cells_, group, *a, **kw):
+    def counting(plan, group):
         seen.append(list(group))
-        return real(trunk, cells_, group, *a, **kw)
+        return real(plan, group)
 
-    monkeypatch.setattr(P, "_scan_group", counting)
+    monkeypatch.setattr(S, "_scan_group", counting)
     res = P.scan_cells(model, sub, config=cfg, out_dir=tmp_path, progress=False)
     assert sum(len(g) for g in seen) == 4  # the 2 finished cells were not recomputed
     ka, kb = np.lexsort((full.target, full.cell)), np.lexsort((res.target, res.cell))
@@ -199,6 +200,24 @@ def test_resume_skips_finished_cells(setup, tmp_path: Path, monkeypatch) -> None
     with pytest.raises(ValueError, match="different scan"):
         P.scan_cells(
             model, sub, config=P.ScanConfig(kind="knockdown"), out_dir=tmp_path, progress=False
+        )
+
+
+def test_scan_folder_is_locked_and_refuses_other_cells(setup, tmp_path: Path) -> None:
+    from lifelm._core.runfolder import FolderLockedError, lock_folder
+
+    _, model, cells = setup
+    sub = cells.subset(np.arange(3))
+    cfg = P.ScanConfig(cells_per_part=2)
+    with lock_folder(tmp_path), pytest.raises(FolderLockedError, match="another LifeLM process"):
+        P.scan_cells(model, sub, config=cfg, out_dir=tmp_path, progress=False)
+    first = P.scan_cells(model, sub, config=cfg, out_dir=tmp_path, progress=False)
+    again = P.scan_cells(model, sub, config=cfg, out_dir=tmp_path, progress=False)  # same inputs
+    assert again.info["rows_computed"] == 0
+    np.testing.assert_array_equal(first.shift, again.shift)
+    with pytest.raises(P.ScanFolderMismatchError, match="cells_sha256"):
+        P.scan_cells(
+            model, cells.subset(np.arange(1, 4)), config=cfg, out_dir=tmp_path, progress=False
         )
 
 
@@ -210,7 +229,7 @@ def test_gated_embedding_equals_embed_at_gate_one(setup) -> None:
     ids = pad_cells([cells[0], cells[1]], 64)
     with torch.no_grad():
         a = model.trunk.embed(ids)
-        b = P._gated_embed(model.trunk, ids, torch.ones(ids.shape))
+        b = model.trunk.embed(ids, gate=torch.ones(ids.shape))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from dist_worker import ToyData, ToyModel, toy_collate
+from lifelm._core.errors import LifeLMError
+from lifelm._core.runfolder import FolderLockedError, ManifestMismatchError, lock_folder
 from lifelm.data.cells.datasets import CellTokens, MaskedGeneCollator
 from lifelm.data.cells.tokenizer import RankValueTokenizer
 from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
+from lifelm.tasks.cells.pretrain import pretrain
 from lifelm.testing.synthetic import synthetic_cells
-from lifelm.training.loop import FAULT_ENV, ItemStream, TrainConfig, latest_checkpoint, lr_at, train
+from lifelm.training.loop import (
+    ItemStream,
+    NoCheckpointError,
+    TrainConfig,
+    latest_checkpoint,
+    lr_at,
+    train,
+)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor() -> None:
@@ -99,26 +113,122 @@ def _pretrain_args(data: Path, out: Path) -> list[str]:
     ]
 
 
-@pytest.mark.slow
-def test_kill_and_resume_ends_with_the_same_weights(tmp_path: Path, tiny_h5ad: Path) -> None:
-    straight = _cli(_pretrain_args(tiny_h5ad, tmp_path / "a"))
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = _cli(_pretrain_args(tiny_h5ad, tmp_path / "b"), env={FAULT_ENV: "5"})
-    assert killed.returncode == 17, killed.stderr[
-        -2000:
-    ]  # died after step 5, last checkpoint step 3
-    assert latest_checkpoint(tmp_path / "b").name == "step_3"
-    assert not (tmp_path / "b" / "model").exists()
-    resumed = _cli([*_pretrain_args(tiny_h5ad, tmp_path / "b"), "--resume"])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stderr
-    wa = load_file(tmp_path / "a" / "model" / "model.safetensors")
-    wb = load_file(tmp_path / "b" / "model" / "model.safetensors")
+def _pretrain(data: Path, out: Path, **kw: object):
+    cfg = TrainConfig(
+        max_steps=8, batch_size=8, checkpoint_every=3, warmup_steps=2, device="cpu", progress=False,
+        **kw.pop("train", {}),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return pretrain(data, out, preset="test", max_length=64, train_config=cfg, **kw)  # type: ignore[arg-type]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa = load_file(a / "model" / "model.safetensors")
+    wb = load_file(b / "model" / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+
+
+def test_kill_and_resume_ends_with_the_same_weights(
+    tmp_path: Path, tiny_h5ad: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _pretrain(tiny_h5ad, tmp_path / "a")
+    killed = _pretrain(tiny_h5ad, tmp_path / "b", stop_after=5)  # "killed" after step 5
+    assert killed.stopped
+    assert latest_checkpoint(tmp_path / "b").name == "step_3"
+    assert not (tmp_path / "b" / "model").exists()
+    with caplog.at_level(logging.INFO, logger="lifelm"):
+        resumed = _pretrain(tiny_h5ad, tmp_path / "b", resume=True)  # same inputs: works
+    assert not resumed.stopped
+    assert "resuming from" in caplog.text
+    _same_weights(tmp_path / "a", tmp_path / "b")
     # keeps only the newest checkpoints
     assert len(list((tmp_path / "a" / "checkpoints").glob("step_*"))) == 2
+    # the rows logged after the checkpoint were replaced, not repeated
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps))
+
+
+def test_resume_refuses_other_data_other_settings_and_no_checkpoint(
+    tmp_path: Path, tiny_h5ad: Path
+) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(NoCheckpointError, match="holds no checkpoint") as err:
+        _pretrain(tiny_h5ad, run, resume=True)
+    assert isinstance(err.value, LifeLMError)
+    _pretrain(tiny_h5ad, run, stop_after=3)
+    other = tmp_path / "other.h5ad"
+    ad.read_h5ad(tiny_h5ad)[:150].copy().write_h5ad(other)  # the same genes, fewer cells
+    with pytest.raises(ManifestMismatchError, match=r"input data\[0\]: .*other\.h5ad"):
+        _pretrain(other, run, resume=True)
+    with pytest.raises(ManifestMismatchError, match=r"setting train\.lr: 0\.0003 → 0\.001"):
+        _pretrain(tiny_h5ad, run, resume=True, train={"lr": 1e-3})
+    assert latest_checkpoint(run).name == "step_3"  # refusals changed nothing
+
+
+def test_a_second_writer_is_refused(tmp_path: Path, tiny_h5ad: Path) -> None:
+    with lock_folder(tmp_path / "run"), pytest.raises(FolderLockedError, match="another LifeLM"):
+        _pretrain(tiny_h5ad, tmp_path / "run")
+    assert not (tmp_path / "run" / "tokenizer.json").exists()  # refused before writing anything
+    with lock_folder(tmp_path / "toy"), pytest.raises(FolderLockedError):
+        _toy(tmp_path / "toy")  # the loop itself locks too (genome runs go through it)
+
+
+def _toy(out: Path, **kw: object):
+    cfg = {"max_steps": 6, "batch_size": 8, "lr": 1e-2, "warmup_steps": 2, "log_every": 2}
+    cfg.update(kw.pop("cfg", {}))  # type: ignore[arg-type]
+    return train(
+        ToyModel(),
+        ToyData(),
+        config=TrainConfig(checkpoint_every=2, progress=False, device="cpu", **cfg),  # type: ignore[arg-type]
+        out_dir=out,
+        collate_fn=toy_collate,
+        sidecar={"model": "toy"},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_eval_every_fires_on_steps_that_do_not_log(tmp_path: Path) -> None:
+    res = _toy(tmp_path, eval_dataset=ToyData(16), cfg={"log_every": 4, "eval_every": 3})
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 4, 6]
+    assert "eval_loss" in rows[0]
+    assert "loss" not in rows[0]  # step 3: evaluation only
+    assert "eval_loss" not in rows[1]
+    assert "loss" in rows[1]
+    assert np.isfinite([rows[0]["eval_loss"], rows[2]["eval_loss"], rows[2]["loss"]]).all()
+    assert res.final_loss == rows[2]["loss"]
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda c: _truncate(c / "model.safetensors"), "model.safetensors"),
+        (lambda c: (c / "model.safetensors").write_bytes(b""), "model.safetensors"),
+        (lambda c: (c / "config.json").write_text("{not json"), "config.json"),
+        (lambda c: (c / "trainer_state.pt").unlink(), "trainer_state.pt"),
+    ],
+    ids=["truncated-weights", "empty-weights", "bad-json", "no-trainer-state"],
+)
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage, named: str
+) -> None:
+    _toy(tmp_path / "a")
+    assert _toy(tmp_path / "b", stop_after=5).stopped  # checkpoints at steps 2 and 4
+    damage(tmp_path / "b" / "checkpoints" / "step_4")
+    with caplog.at_level(logging.WARNING, logger="lifelm"):
+        _toy(tmp_path / "b", resume=True)
+    warning = next(r.getMessage() for r in caplog.records if "damaged" in r.getMessage())
+    assert "step_4" in warning
+    assert named in warning
+    assert "resuming from" not in warning
+    _same_weights(tmp_path / "a", tmp_path / "b")  # resumed from step 2, same end point
 
 
 @pytest.mark.slow

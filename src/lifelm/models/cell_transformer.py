@@ -149,35 +149,76 @@ class CellTransformer(nn.Module):
             if m.padding_idx is not None:
                 nn.init.zeros_(m.weight[m.padding_idx])
 
-    def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Hidden states (B, T, D) after the final LayerNorm. ``attention_mask`` is 1 on real tokens."""
-        _b, t = input_ids.shape
+    def input_embedding(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Gene + position embedding (B, T, D), before the embedding LayerNorm."""
+        t = input_ids.shape[1]
         if t > self.config.max_length:
             raise ValueError(f"sequence of {t} tokens exceeds max_length={self.config.max_length}")
+        pos = torch.arange(t, device=input_ids.device)
+        return self.gene_embedding(input_ids) + self.position_embedding(pos)[None]
+
+    def position_shift(self, start: int, stop: int) -> torch.Tensor:
+        """(stop - start, D): the input change of a token moved from position ``p + 1`` to ``p``,
+        for ``p`` in ``[start, stop)`` (what moving a gene up one rank does to its input)."""
+        w = self.position_embedding.weight
+        return w[start:stop] - w[start + 1 : stop + 1]
+
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, T, D) after the final LayerNorm. ``attention_mask`` is 1 on real tokens.
+
+        ``inputs_embeds`` (B, T, D) replaces :meth:`input_embedding` (pass a leaf tensor to
+        differentiate with respect to the inputs); ``input_ids`` still mark the padding.
+        ``gate`` (B, T) weighs each token as an attention key: ``log gate`` is added to every
+        score on that key, so ``gate = 1`` is the plain model and ``gate -> 0`` removes the token
+        (the first-order perturbation screen differentiates with respect to it).
+        """
         if attention_mask is None:
             attention_mask = input_ids.ne(PAD_ID)
-        pos = torch.arange(t, device=input_ids.device)
-        x = self.gene_embedding(input_ids) + self.position_embedding(pos)[None]  # (B, T, D)
-        x = self.embed_drop(self.embed_norm(x))
-        key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), True = attend
+        x = self.input_embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        x = self.embed_drop(self.embed_norm(x))  # (B, T, D)
+        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), True = attend
+        if gate is None:
+            key_mask = keep
+        else:  # float mask: SDPA adds it to the scores
+            key_mask = torch.log(gate)[:, None, None, :].masked_fill(~keep, float("-inf"))
+            key_mask = key_mask.to(x.dtype)
         for block in self.blocks:
             x = block(x, key_mask)
         return self.final_norm(x)
 
-    def pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Mean over gene tokens (not [CLS] at position 0, not padding): (B, T, D) -> (B, D)."""
+    def pool(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, gate: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean over gene tokens (not [CLS] at position 0, not padding): (B, T, D) -> (B, D).
+
+        With ``gate`` (B, T) the mean is weighted by it (a gate of 0 leaves the token out).
+        """
         mask = input_ids.ne(PAD_ID).to(hidden.dtype)
         mask[:, 0] = 0
-        denom = mask.sum(1, keepdim=True).clamp_min(1.0)
+        if gate is not None:
+            mask = mask * gate
+        denom = mask.sum(1, keepdim=True)
+        denom = denom.masked_fill(denom == 0, 1.0)  # an empty cell pools to 0, not NaN
         return (hidden * mask[..., None]).sum(1) / denom
 
     def embed(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        gate: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Pooled cell embedding (B, D); no prediction head is computed."""
-        return self.pool(self.encode(input_ids, attention_mask), input_ids)
+        """Pooled cell embedding (B, D); no prediction head is computed (arguments: :meth:`encode`)."""
+        hidden = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, gate=gate)
+        return self.pool(hidden, input_ids, gate)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Gene logits (N, V) for hidden states (N, D), through the tied gene embedding."""

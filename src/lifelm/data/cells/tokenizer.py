@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,19 +77,46 @@ class TokenizedCells:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def subset(self, index: np.ndarray) -> TokenizedCells:
-        """Cells at ``index`` (integer positions), keeping their order."""
-        index = np.asarray(index, dtype=np.int64)
-        lens = self.lengths()[index]
+    def _gather(
+        self, index: np.ndarray, lens: np.ndarray, report: dict[str, Any] | None = None
+    ) -> TokenizedCells:
+        """The first ``lens[k]`` tokens of each cell ``index[k]``: the one ragged gather."""
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        starts = self.offsets[index]
-        take = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
+        take = np.repeat(self.offsets[index] - offsets[:-1], lens) + np.arange(offsets[-1])
         return TokenizedCells(
             tokens=self.tokens[take],
             offsets=offsets,
             obs_names=self.obs_names[index],
             n_genes=self.n_genes[index],
-            report=dict(self.report),
+            report=dict(self.report if report is None else report),
+        )
+
+    def subset(self, index: np.ndarray) -> TokenizedCells:
+        """Cells at ``index`` (integer positions), keeping their order."""
+        index = np.asarray(index, dtype=np.int64)
+        return self._gather(index, self.lengths()[index])
+
+    def truncate(self, max_genes: int) -> TokenizedCells:
+        """Every cell cut to its first ``max_genes`` tokens (``self`` when none is longer)."""
+        lens = self.lengths()
+        if len(lens) == 0 or lens.max() <= max_genes:
+            return self
+        return self._gather(np.arange(len(self), dtype=np.int64), np.minimum(lens, max_genes))
+
+    @classmethod
+    def concat(
+        cls, parts: Sequence[TokenizedCells], report: dict[str, Any] | None = None
+    ) -> TokenizedCells:
+        """The cells of ``parts`` one after another (``report`` becomes the merged report)."""
+        if not parts:
+            raise ValueError("concat needs at least one TokenizedCells")
+        lens = np.concatenate([p.lengths() for p in parts])
+        return cls(
+            tokens=np.concatenate([p.tokens[p.offsets[0] : p.offsets[-1]] for p in parts]),
+            offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
+            obs_names=np.concatenate([p.obs_names for p in parts]),
+            n_genes=np.concatenate([p.n_genes for p in parts]),
+            report=dict(report or {}),
         )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -18,7 +20,9 @@ from lifelm.data.store.store import CorpusStore, split_store
 from lifelm.io.h5ad import read_h5ad
 from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
 from lifelm.tasks.cells.model_io import sidecar
+from lifelm.training.checkpoints import require_checkpoint
 from lifelm.training.loop import TrainConfig, TrainResult, train
+from lifelm.training.runguard import hold_run_folder
 
 log = get_logger("lifelm.pretrain")
 TOKENIZER_FILE = "tokenizer.json"
@@ -59,14 +63,7 @@ def tokenize_corpus(
         parts.append(cells.subset(keep))
     if not parts or sum(len(p) for p in parts) == 0:
         raise ValueError(f"no cell has at least {min_genes} vocabulary genes; nothing to train on")
-    tokens = np.concatenate([p.tokens for p in parts])
-    lens = np.concatenate([p.lengths() for p in parts])
-    merged = TokenizedCells(
-        tokens=tokens,
-        offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-        obs_names=np.concatenate([p.obs_names for p in parts]),
-        n_genes=np.concatenate([p.n_genes for p in parts]),
-    )
+    merged = TokenizedCells.concat(parts)
     return merged, report
 
 
@@ -89,6 +86,7 @@ def pretrain(
     mask_prob: float = 0.15,
     eval_fraction: float = 0.05,
     resume: bool = False,
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Pretrain a :class:`~lifelm.models.cell_transformer.CellTransformer` by masked-gene prediction.
 
@@ -118,56 +116,111 @@ def pretrain(
     eval_fraction
         Fraction of cells held out for the evaluation loss.
     resume
-        Continue the run in ``out_dir`` after a kill.
+        Continue the run in ``out_dir`` after a kill; an error when ``out_dir`` holds no
+        checkpoint, or when the data, settings or model differ from the run's manifest.
+    stop_after
+        End after this step without the final save, as a kill would (tests of resume).
     """
     out_dir = Path(out_dir)
     cfg = train_config or TrainConfig()
-    store_dir = _store_folder(data)
-    if store_dir is not None:  # a pre-tokenized corpus store: tokenizer and tokens come with it
-        store = CorpusStore(store_dir)
-        tokenizer = store.tokenizer()
-        length = tokenizer.max_length
-        train_items, eval_items = split_store(store, eval_fraction, cfg.seed)
-        report: dict[str, object] = {"store": str(store_dir), "n_cells": len(store)}
-        n_train, n_eval = len(train_items), (len(eval_items) if eval_items is not None else 0)
-    else:
-        adatas = _as_adatas(data)  # type: ignore[arg-type]
-        tok_path = out_dir / TOKENIZER_FILE
-        length = max_length or CellTransformerConfig.from_name(preset, vocab_size=4).max_length
-        if resume and tok_path.is_file():
-            tokenizer = RankValueTokenizer.from_dict(json.loads(tok_path.read_text()))
+    if resume:
+        require_checkpoint(out_dir)  # before any tokenizing: --resume needs a run to continue
+    with hold_run_folder(out_dir):  # a second writer is refused before anything is written
+        store_dir = _store_folder(data)
+        if store_dir is not None:
+            spec = _store_spec(store_dir, eval_fraction, cfg.seed)
         else:
-            tokenizer = RankValueTokenizer.fit(adatas, layer=layer, max_length=length)
-            if dist_env().is_main:
-                out_dir.mkdir(parents=True, exist_ok=True)
-                tok_path.write_text(json.dumps(tokenizer.to_dict()))
-        cells, report = tokenize_corpus(adatas, tokenizer, layer=layer, min_genes=min_genes)
-        perm = np.random.default_rng(cfg.seed).permutation(len(cells))
-        n_eval = round(eval_fraction * len(cells)) if len(cells) >= 20 else 0
-        train_items = CellTokens(cells.subset(np.sort(perm[n_eval:])))
-        eval_items = CellTokens(cells.subset(np.sort(perm[:n_eval]))) if n_eval else None
-        n_train = len(train_items)
-    model_cfg = CellTransformerConfig.from_name(
-        preset, vocab_size=tokenizer.vocab_size, max_length=length
+            spec = _h5ad_spec(data, out_dir, preset, max_length, layer, min_genes, eval_fraction, cfg.seed, resume)  # fmt: skip
+        tokenizer, length = spec.tokenizer, spec.length
+        model_cfg = CellTransformerConfig.from_name(
+            preset, vocab_size=tokenizer.vocab_size, max_length=length
+        )
+        seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+        model = CellTransformer(model_cfg)
+        provenance = {
+            **spec.report,
+            "n_train_cells": len(spec.train_items),
+            "n_eval_cells": len(spec.eval_items) if spec.eval_items is not None else 0,
+            "split": f"random {eval_fraction:.0%} of cells held out for eval loss (seed {cfg.seed})",
+            "preset": preset,
+        }
+        collate = MaskedGeneCollator(tokenizer.vocab_size, length, mask_prob)
+        return train(
+            model,
+            spec.train_items,
+            config=replace(cfg),
+            out_dir=out_dir,
+            collate_fn=collate,
+            sidecar=sidecar(model_cfg, tokenizer, provenance=provenance),
+            resume=resume,
+            eval_dataset=spec.eval_items,
+            unit="cells",
+            inputs=spec.inputs,
+            job="cells-pretrain",
+            stop_after=stop_after,
+        )
+
+
+@dataclass(frozen=True)
+class _DataSpec:
+    """What pretraining reads: tokenizer, context, train/eval items, report and input files."""
+
+    tokenizer: RankValueTokenizer
+    length: int
+    train_items: Any
+    eval_items: Any
+    report: dict[str, object]
+    inputs: dict[str, Path | None]
+
+
+def _store_spec(store_dir: Path, eval_fraction: float, seed: int) -> _DataSpec:
+    """A pre-tokenized corpus store: tokenizer and tokens come with it."""
+    store = CorpusStore(store_dir)
+    tokenizer = store.tokenizer()
+    train_items, eval_items = split_store(store, eval_fraction, seed)
+    return _DataSpec(
+        tokenizer=tokenizer,
+        length=tokenizer.max_length,
+        train_items=train_items,
+        eval_items=eval_items,
+        report={"store": str(store_dir), "n_cells": len(store)},
+        inputs={"data": store_dir},
     )
-    seed_everything(cfg.seed)  # the initial weights depend on the seed alone
-    model = CellTransformer(model_cfg)
-    provenance = {
-        **report,
-        "n_train_cells": n_train,
-        "n_eval_cells": n_eval,
-        "split": f"random {eval_fraction:.0%} of cells held out for eval loss (seed {cfg.seed})",
-        "preset": preset,
-    }
-    collate = MaskedGeneCollator(tokenizer.vocab_size, length, mask_prob)
-    return train(
-        model,
-        train_items,
-        config=replace(cfg),
-        out_dir=out_dir,
-        collate_fn=collate,
-        sidecar=sidecar(model_cfg, tokenizer, provenance=provenance),
-        resume=resume,
-        eval_dataset=eval_items,
-        unit="cells",
+
+
+def _h5ad_spec(
+    data: object,
+    out_dir: Path,
+    preset: str,
+    max_length: int | None,
+    layer: str | None,
+    min_genes: int,
+    eval_fraction: float,
+    seed: int,
+    resume: bool,
+) -> _DataSpec:
+    """AnnData / h5ad inputs: fit (or, on resume, read back) the tokenizer, tokenize, split."""
+    adatas = _as_adatas(data)  # type: ignore[arg-type]
+    tok_path = out_dir / TOKENIZER_FILE
+    length = max_length or CellTransformerConfig.from_name(preset, vocab_size=4).max_length
+    if resume and tok_path.is_file():
+        tokenizer = RankValueTokenizer.from_dict(json.loads(tok_path.read_text()))
+    else:
+        tokenizer = RankValueTokenizer.fit(adatas, layer=layer, max_length=length)
+        if dist_env().is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tok_path.write_text(json.dumps(tokenizer.to_dict()))
+    cells, report = tokenize_corpus(adatas, tokenizer, layer=layer, min_genes=min_genes)
+    digest = hashlib.sha256(cells.offsets.tobytes() + cells.tokens.tobytes()).hexdigest()
+    report["tokens_sha256"] = digest  # the data as trained on, also for in-memory AnnData
+    perm = np.random.default_rng(seed).permutation(len(cells))
+    n_eval = round(eval_fraction * len(cells)) if len(cells) >= 20 else 0
+    files = [a.filename for a in adatas]
+    return _DataSpec(
+        tokenizer=tokenizer,
+        length=length,
+        train_items=CellTokens(cells.subset(np.sort(perm[n_eval:]))),
+        eval_items=CellTokens(cells.subset(np.sort(perm[:n_eval]))) if n_eval else None,
+        report=report,
+        inputs={f"data[{i}]": Path(f) if f else None for i, f in enumerate(files)},
     )
