@@ -125,7 +125,9 @@ def main() -> None:
                 "agreement": round(float(agree.mean()), 4),
                 "n": int(run.sum()),
                 "recall_per_nextclade_status": per_status,
-                "confusion": pd.crosstab(t.loc[run, col], ours.loc[run, col]).to_dict(),
+                "confusion_nextclade_to_lifelm": pd.crosstab(
+                    t.loc[run, col], ours.loc[run, col]
+                ).to_dict(orient="index"),
             }
         if tr is not None:
             nc = pd.to_numeric(meta.loc[ours.index, NEXTCLADE_SCORE["privateMutations"]]).fillna(0)
