@@ -26,6 +26,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -42,6 +43,9 @@ def main() -> None:
         "--model", default=None, help="codon model folder (default: random test preset)"
     )
     ap.add_argument("--novel-clade", default="20B")
+    ap.add_argument(
+        "--cache", default=None, help=".npy file to keep the embeddings in (reused when present)"
+    )
     ap.add_argument("--out", default="benchmarks/results/genome_lineages_trust.json")
     args = ap.parse_args()
     folder = Path(args.data) / "genomes/sarscov2/genbank_1000_lapis_silo"
@@ -51,6 +55,7 @@ def main() -> None:
     names = meta["genbankAccession"].tolist()
     aligned = [seqs[n] for n in names]
     t0 = time.perf_counter()
+    cache = Path(args.cache) if args.cache else None
     if args.model:
         from lifelm.tasks.genomes.codon_lm import load_codon_model
 
@@ -60,7 +65,12 @@ def main() -> None:
         torch.manual_seed(0)
         model = CodonTransformer(CodonTransformerConfig.from_name("test")).eval()
         model_name = "random-init test preset (untrained, seed 0)"
-    emb, _ = embed_genomes(model, dict(zip(names, aligned, strict=True)), context=1024)
+    if cache is not None and cache.is_file():
+        emb = np.load(cache)
+    else:
+        emb, _ = embed_genomes(model, dict(zip(names, aligned, strict=True)), context=1024)
+        if cache is not None:
+            np.save(cache, emb)
     t_embed = time.perf_counter() - t0
     table = meta.rename(columns={"genbankAccession": "seqName"})
     report: dict[str, object] = {"model": model_name, "embed_seconds": round(t_embed, 1)}
