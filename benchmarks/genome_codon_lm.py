@@ -30,7 +30,7 @@ from lifelm.evaluation.baselines.genomes import hamming_nn, kmer_logreg
 from lifelm.io.fasta import read_fasta
 from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, reference_sequence
 from lifelm.tasks.genomes.embed import embed_genomes
-from lifelm.tasks.genomes.lineages import lineage_family_split, lineages
+from lifelm.tasks.genomes.lineages import LineageConfig, lineage_family_split, lineages
 from lifelm.tasks.genomes.score import score_genomes
 
 DATA = Path("/work/shared/data/genomes/sarscov2")
@@ -88,7 +88,14 @@ def lineage_benchmark(
         y = labels[col].to_numpy()
         seen = set(y[tr])
         for method in ("logreg", "knn"):
-            out = lineages(emb, labels, train=train, columns=[col], method=method, seed=seed)
+            out, _ = lineages(
+                emb,
+                labels,
+                train=train,
+                columns=[col],
+                method="model",
+                config=LineageConfig(probe=method, seed=seed),
+            )
             pred = out[f"{col}_pred"].to_numpy()[te]
             rows.append(
                 {"label": col, "method": f"codon LM + {method}", **_scores(y[te], pred, seen)}

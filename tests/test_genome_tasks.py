@@ -18,7 +18,12 @@ from lifelm.models.codon_transformer import CodonTransformer, CodonTransformerCo
 from lifelm.tasks.genomes.codon_lm import load_codon_model, model_sidecar
 from lifelm.tasks.genomes.embed import embed_genomes
 from lifelm.tasks.genomes.generate import generate, is_valid_orf
-from lifelm.tasks.genomes.lineages import date_split, lineage_family_split, lineages
+from lifelm.tasks.genomes.lineages import (
+    LineageConfig,
+    date_split,
+    lineage_family_split,
+    lineages,
+)
 from lifelm.tasks.genomes.score import perplexity_table, score_genomes
 from lifelm.tasks.genomes.train import finetune, pretrain
 from lifelm.training.loop import TrainConfig
@@ -94,10 +99,13 @@ def test_lineage_probe_and_splits() -> None:
         {"seqName": [f"g{i}" for i in range(40)], "clade": ["a"] * 20 + ["b"] * 20}
     )
     train = np.arange(40) % 2 == 0
-    for method in ("logreg", "knn"):
-        out = lineages(X, labels, train=train, columns=["clade"], method=method)
-        test = out[out["split"] == "test"]
+    for probe in ("logreg", "knn"):
+        out, summary = lineages(
+            X, labels, train=train, columns=["clade"], config=LineageConfig(probe=probe)
+        )
+        test = out[out["split"] != "fit"]  # held-out reference genomes and queries
         assert (test["clade"] == test["clade_pred"]).mean() == 1.0
+        assert summary["columns"]["clade"]["methods"]["model"]["accuracy"] == 1.0
     names = ["B.1.1.529.2.86.1", "B.1.1.529.2.86.2", "B.1.617.2.4", "B.1.617.2.5", "A.1", "A.2"]
     mask = lineage_family_split(names, test_fraction=0.34, depth=4, seed=0)
     fam = [".".join(n.split(".")[:4]) for n in names]

@@ -172,16 +172,20 @@ def test_qc_statuses() -> None:
         "mixed": _mut(_mut(_mut(W, 100, "R"), 200, "Y"), 300, "K"),
     }
     df = genome_qc(seqs).set_index("seqName")
+    # Nextclade's scoring: 1 frame shift = 75 -> overall 56 (mediocre); 3 mixed sites = 30 -> 9
+    # (good); a genome reaching 67% of the reference: LifeLM's span rule, 75 -> mediocre
     assert df["qc.overallStatus"].to_dict() == {
         "good": "good",
         "frameshift": "mediocre",
-        "short": "bad",
+        "short": "mediocre",
         "all_n": "bad",
         "empty": "bad",
-        "mixed": "mediocre",
+        "mixed": "good",
     }
-    assert "frameshift" in df.loc["frameshift", "qc.reasons"]
+    assert df.loc["mixed", "qc.mixedSites.score"] == 30.0
+    assert "frame shift" in df.loc["frameshift", "qc.reasons"]
     assert df.loc["all_n", "qc.reasons"] == "all N"
+    assert "partial genome" in df.loc["short", "qc.reasons"]
     assert df.loc["empty", "qc.reasons"].startswith("empty sequence")
     assert df.loc["short", "length"] == 20000
     stats = sequence_stats("ACNNNTNR-")

@@ -12,12 +12,16 @@ import typer
 
 
 def _write(df, out: Path, as_json: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if as_json or out.suffix == ".json":
-        df.to_json(out, orient="records", indent=1)
-    else:
-        df.to_csv(out, sep="\t", index=False)
+    from lifelm.tasks.genomes.output import write_table
+
+    write_table(df, out, as_json=as_json)
     typer.echo(f"wrote {len(df)} rows to {out}")
+
+
+def _check(out: Path) -> None:
+    from lifelm.tasks.genomes.output import check_table_path
+
+    check_table_path(out)
 
 
 def _train_config(steps, batch_size, lr, warmup, checkpoint_every, seed, device):
@@ -159,11 +163,15 @@ def register(app: typer.Typer) -> None:
         from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, read_genomes
         from lifelm.tasks.genomes.embed import embed_genomes
 
+        _check(out)
         m, _ = load_codon_model(model, device=device)
         seqs, _ = read_genomes(genomes)
         emb, table = embed_genomes(m, seqs, orfs=default_orfs(annotation), context=context)
         if out.suffix == ".npy":
-            np.save(out, emb)
+            from lifelm._core.runfolder import atomic_output
+
+            with atomic_output(out) as tmp, tmp.open("wb") as fh:
+                np.save(fh, emb)
             _write(table, out.with_suffix(".tsv"), False)
             return
         cols = pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])])
@@ -173,9 +181,17 @@ def register(app: typer.Typer) -> None:
     def lineages_cmd(
         embeddings: Path = typer.Argument(..., help="TSV from `lifelm genomes embed`."),
         labels: Path = typer.Argument(
-            ..., help="TSV with the seqName column (see --id-column) and label columns."
+            ...,
+            help="TSV with the sequence names (see --id-column) and label columns: the reference. "
+            "Genomes not in it are queries.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Output TSV or JSON of predictions."),
+        genomes: Path | None = typer.Option(
+            None,
+            "--genomes",
+            help="FASTA of the same genomes: the Hamming-NN and 6-mer baselines are fitted on it "
+            "next to the model (strongly advised; without it no baseline is shown).",
+        ),
         column: list[str] = typer.Option(
             ["clade"], "--column", help="Label column to predict (repeatable)."
         ),
@@ -183,28 +199,70 @@ def register(app: typer.Typer) -> None:
             "seqName", help="Column of LABELS that holds the sequence name."
         ),
         train_list: Path | None = typer.Option(
-            None, help="seqNames (one per line) to train on; default: all labelled rows."
+            None, help="seqNames (one per line) usable as reference; default: all labelled rows."
         ),
-        method: str = typer.Option("logreg", help="logreg (linear probe) or knn."),
-        as_json: bool = typer.Option(False, "--json", help="Write JSON records instead of TSV."),
+        method: str = typer.Option(
+            "auto",
+            help="auto (best on the held-out part), model, hamming_nn or kmer_logreg.",
+        ),
+        probe: str = typer.Option("logreg", help="The model's classifier: logreg or knn."),
+        min_confidence: float = typer.Option(
+            0.5, help="Calibrated probability below which a genome is 'unassigned'."
+        ),
+        novelty_quantile: float = typer.Option(
+            0.99,
+            help="Held-out distance quantile of a class beyond which a genome is 'novel'.",
+        ),
+        holdout: float = typer.Option(
+            0.2, help="Share of each class's reference genomes held out to measure accuracy."
+        ),
+        empty_labels: str = typer.Option(
+            "class",
+            help="Empty labels: 'class' keeps them as the class '(none)'; 'refuse' stops with an error.",
+        ),
+        seed: int = typer.Option(0, help="Seed of the held-out split and the probe."),
+        as_json: bool = typer.Option(False, "--json", help="Write JSON (summary + rows)."),
     ) -> None:
-        """Predict lineage labels (e.g. Nextstrain clade, WHO variant) from embeddings."""
-        import numpy as np
-        import pandas as pd
+        """Predict lineage labels with calibrated probabilities, 'unassigned'/'novel' calls and baselines."""
+        from lifelm._core.errors import InputError
+        from lifelm.tasks.genomes.lineages import LineageConfig, lineages_from_files, summary_lines
+        from lifelm.tasks.genomes.output import check_table_path, write_table
 
-        from lifelm.tasks.genomes.lineages import lineages
-
-        emb = pd.read_csv(embeddings, sep="\t")
-        lab = pd.read_csv(labels, sep="\t", dtype=str, keep_default_na=False)
-        lab = lab.rename(columns={id_column: "seqName"})
-        table = emb[["seqName"]].merge(lab, on="seqName", how="left")
-        X = emb[[c for c in emb.columns if c.startswith("emb_")]].to_numpy()
-        if train_list:
-            names = {n.strip() for n in train_list.read_text().split("\n") if n.strip()}
-            train = table["seqName"].isin(names).to_numpy()
-        else:
-            train = np.ones(len(table), dtype=bool)
-        _write(lineages(X, table, train=train, columns=column, method=method), out, as_json)
+        check_table_path(out)
+        if empty_labels not in ("class", "refuse"):
+            raise InputError(f"--empty-labels must be 'class' or 'refuse', got {empty_labels!r}.")
+        if probe not in ("logreg", "knn"):
+            raise InputError(f"--probe must be 'logreg' or 'knn', got {probe!r}.")
+        cfg = LineageConfig(
+            holdout_fraction=holdout,
+            min_confidence=min_confidence,
+            novelty_quantile=novelty_quantile,
+            empty_labels=empty_labels,  # type: ignore[arg-type]
+            probe=probe,  # type: ignore[arg-type]
+            seed=seed,
+        )
+        table, summary = lineages_from_files(
+            embeddings,
+            labels,
+            columns=column,
+            id_column=id_column,
+            genomes=genomes,
+            train_list=train_list,
+            method=method,
+            config=cfg,
+        )
+        lines = summary_lines(summary)
+        write_table(
+            table,
+            out,
+            as_json=as_json,
+            comments=lines,
+            summary=summary,
+            finite=[f"{c}_prob" for c in column],
+        )
+        for line in lines:
+            typer.echo(line)
+        typer.echo(f"wrote {len(table)} rows to {out}")
 
     @app.command("score")
     def score_cmd(
@@ -221,6 +279,7 @@ def register(app: typer.Typer) -> None:
         from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
         from lifelm.tasks.genomes.score import score_genomes
 
+        _check(out)
         m, _ = load_codon_model(model, device=device)
         seqs, _ = read_genomes(genomes)
         gt, mt, _ = score_genomes(m, seqs, context=context)
@@ -241,6 +300,7 @@ def register(app: typer.Typer) -> None:
         from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
         from lifelm.tasks.genomes.score import perplexity
 
+        _check(out)
         m, _ = load_codon_model(model, device=device)
         seqs, _ = read_genomes(genomes)
         _write(perplexity(m, seqs, context=context), out, False)
@@ -262,6 +322,7 @@ def register(app: typer.Typer) -> None:
         from lifelm.tasks.genomes.codon_lm import load_codon_model
         from lifelm.tasks.genomes.generate import generate
 
+        _check(out)
         m, _ = load_codon_model(model, device=device)
         df = generate(
             m,
@@ -274,8 +335,10 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         if out.suffix in (".fasta", ".fa", ".fna"):
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text("".join(f">{r.seqName}\n{r.sequence}\n" for r in df.itertuples()))
+            from lifelm._core.runfolder import atomic_output
+
+            with atomic_output(out) as tmp:
+                tmp.write_text("".join(f">{r.seqName}\n{r.sequence}\n" for r in df.itertuples()))
             typer.echo(f"wrote {len(df)} sequences to {out}")
         else:
             _write(df, out, False)

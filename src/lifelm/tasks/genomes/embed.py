@@ -41,7 +41,7 @@ def embed_genomes(
     orfs
         ORFs whose codons are read (``None``: SARS-CoV-2's 12, Nextclade's gene map).
     context
-        Tokens per window (at most the model's ``max_len``).
+        Tokens per window (at most the model's ``max_length``).
     batch_tokens
         Padded tokens per forward pass (speed and memory only).
     progress

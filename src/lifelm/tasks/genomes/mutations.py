@@ -7,10 +7,12 @@ Notation as Nextclade: ``substitutions`` ``C241T,A23403G``; ``deletions`` ranges
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
+from lifelm._core.errors import InputError
 from lifelm.data.genomes.align import Mutations, Reference, format_ranges
 from lifelm.data.genomes.qc import QcConfig
 from lifelm.tasks.genomes.qc import GenomeReport, Sequences, _join, analyse_genomes, with_progress
@@ -30,11 +32,22 @@ def mutation_strings(m: Mutations) -> dict[str, str]:
     }
 
 
+#: Rules whose failure means the calls would be garbage (not one genome of this reference).
+SANITY_RULES = ("length", "referenceSpan")
+
+
+def is_callable(rep: GenomeReport) -> bool:
+    """Whether the calls of a genome mean anything: it aligned and is not far longer than the reference."""
+    return rep.alignment.is_aligned and all(rep.qc.rules.get(r) != "bad" for r in SANITY_RULES)
+
+
 def mutation_row(rep: GenomeReport) -> dict[str, object]:
-    """One output row: names, QC status, calls, counts."""
-    m = rep.mutations
+    """One output row: names, QC status, calls, counts (calls left empty when not callable)."""
+    called = is_callable(rep)
+    m = rep.mutations if called else Mutations()
     return {
         "seqName": rep.name,
+        "called": called,
         "qc.overallStatus": rep.qc.status,
         "qc.reasons": "; ".join(rep.qc.reasons),
         "alignmentStart": m.alignment_start,
@@ -47,8 +60,8 @@ def mutation_row(rep: GenomeReport) -> dict[str, object]:
         "totalNonACGTNs": len(m.non_acgtn),
         "totalAminoacidSubstitutions": len(m.aa_substitutions),
         "totalAminoacidDeletions": len(m.aa_deletions),
-        "coverage": round(rep.qc.coverage, 6),
-        "strand": rep.alignment.strand if rep.alignment.is_aligned else "",
+        "coverage": round(rep.qc.coverage, 6) if called else 0.0,
+        "strand": rep.alignment.strand if called else "",
     }
 
 
@@ -83,7 +96,9 @@ def call_mutations(
     Returns
     -------
     pandas.DataFrame
-        One row per sequence: ``seqName``, ``qc.overallStatus``, ``qc.reasons``,
+        One row per sequence: ``seqName``, ``called`` (``False``: the genome did not align, is
+        empty, or is far longer than the reference, so its call columns are left empty rather
+        than filled with garbage; ``qc.reasons`` says why), ``qc.overallStatus``, ``qc.reasons``,
         ``alignmentStart``, ``alignmentEnd``, ``substitutions``, ``deletions``, ``insertions``,
         ``aaSubstitutions``, ``aaDeletions``, ``missing``, ``nonACGTNs``, ``frameShifts``,
         ``total*`` counts, ``coverage``, ``strand``, then metadata columns.
@@ -98,4 +113,14 @@ def call_mutations(
     """
     reports = analyse_genomes(sequences, reference=reference, qc_config=qc_config, n_jobs=n_jobs)
     table = pd.DataFrame([mutation_row(r) for r in with_progress(reports, progress)])
+    if table.empty:
+        raise InputError("no genomes were given (the input has no FASTA record).")
+    n_bad = int((~table["called"]).sum())
+    if n_bad:
+        logging.getLogger("lifelm").warning(
+            "%d genome(s) not called (too long, not aligned or empty), e.g. %s: %s",
+            n_bad,
+            table.loc[~table["called"], "seqName"].iloc[0],
+            table.loc[~table["called"], "qc.reasons"].iloc[0],
+        )
     return _join(table, metadata, metadata_key)

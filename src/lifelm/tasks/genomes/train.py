@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from lifelm._core.runtime import get_logger, print0
+from lifelm._core.runtime import get_logger, print0, seed_everything
 from lifelm.data.genomes.datasets import (
     PackedCodonDataset,
     cds_documents,
@@ -35,6 +35,16 @@ from lifelm.tasks.genomes.codon_lm import (
 from lifelm.training.loop import TrainConfig, TrainResult, train
 
 log = get_logger("lifelm.genomes")
+
+
+def init_codon_model(preset: str, *, max_length: int, seed: int) -> CodonTransformer:
+    """A freshly initialised codon model whose weights depend only on ``preset``, ``max_length`` and ``seed``.
+
+    Torch's global generator is seeded right before the model is built, so ``--seed`` fixes the
+    initial weights (and, with the seeded data order of the training loop, the final ones).
+    """
+    seed_everything(seed)
+    return CodonTransformer(CodonTransformerConfig.from_name(preset, max_length=max_length))
 
 
 def pretrain(
@@ -76,7 +86,7 @@ def pretrain(
     resume
         Continue from the newest checkpoint in ``out_dir``.
     seed
-        Seeds the subset and the packing order.
+        Seeds the initial weights (before the model is built), the subset and the packing order.
     """
     eval_dataset = None
     if len(cds) == 1 and (Path(cds[0]) / CODON_STORE_FILE).is_file():
@@ -124,9 +134,10 @@ def pretrain(
             f"pretrain: {len(train_recs)} genes, {dataset.n_tokens} codon tokens in {len(dataset)} rows "
             f"of {row_len}; held out {len(held)} genes of {list(held_out_genomes)}"
         )
-    cfg = CodonTransformerConfig.from_name(preset, max_length=max(row_len, 1024))
+    model = init_codon_model(preset, max_length=max(row_len, 1024), seed=seed)
+    cfg = model.cfg
     return train(
-        CodonTransformer(cfg),
+        model,
         dataset,
         config=train_config or TrainConfig(),
         out_dir=out_dir,
