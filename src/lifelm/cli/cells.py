@@ -159,6 +159,7 @@ def embed(
     device: DEVICE = "auto",
 ) -> None:
     """Embed every cell with a pretrained model and write the AnnData with .obsm[KEY]."""
+    from lifelm._core.errors import naming
     from lifelm._core.runfolder import atomic_output, check_output_path
     from lifelm.io.h5ad import read_h5ad
     from lifelm.tasks.cells.embed import embed as run
@@ -168,7 +169,8 @@ def embed(
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size)
     adata = read_h5ad(data)
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size + 4096 * adata.n_obs)
-    run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
+    with naming(data):
+        run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
     with atomic_output(out) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
     typer.echo(

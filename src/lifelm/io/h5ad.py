@@ -38,9 +38,14 @@ def read_h5ad(path: str | Path, *, backed: bool = False) -> ad.AnnData:
     """
     path = Path(path)
     if path.is_dir():
+        if (path / "build.json").is_file():
+            raise H5adError(
+                f"{path}: an unfinished corpus store (no corpus.json): run the same "
+                "`lifelm cells corpus build` again to finish it (finished shards are kept)."
+            )
         raise H5adError(
             f"{path}: is a folder, not an .h5ad file; pass the .h5ad file itself "
-            "(a corpus store folder is read by `lifelm cells pretrain`)."
+            "(only `lifelm cells pretrain` also reads a corpus store folder)."
         )
     if not path.is_file():
         raise H5adError(f"{path}: no such file")
