@@ -496,7 +496,8 @@ def test_python_m_lifelm_prints_one_error_line_and_debug_shows_the_traceback(
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: {half}"), res.stderr
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"error: {half}"), res.stderr
     assert "truncated" in lines[0]
     res = run_lifelm(["--debug", *args])
     assert res.returncode != 0
