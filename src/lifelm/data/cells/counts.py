@@ -2,8 +2,11 @@
 
 Rank-value tokens are computed from library-size-normalised counts, so a model fed log data or
 scaled data would silently see the wrong ranks. The search order is ``layer`` if given, then
-``X``, ``layers["counts"]`` and ``raw.X``; the first matrix that passes the check wins. When none
-does, the error lists what each candidate looked like and how to point at counts.
+``X``, ``layers["counts"]`` and ``raw.X``; the first matrix that passes the check on its first
+:data:`SAMPLE_ROWS` rows wins. When none does, the error lists what each candidate looked like
+and how to point at counts. Choosing on a sample is not enough (a file can hold counts in its
+first rows and log-normalised cells after them), so every row block that is tokenized or streamed
+into a store is checked again by :func:`check_counts_block`, in the pass that reads it anyway.
 """
 
 from __future__ import annotations
