@@ -309,11 +309,11 @@ def test_read_only_or_full_disk_is_refused_before_the_computation(
     assert code == 2
     assert not calls
     assert str(out) in err
-    assert ("not writable" if fault == "read_only" else "MB free") in err
+    assert ("not writable" if fault == "read_only" else "1 kB free") in err
     assert_nothing_written(tmp_path, out.name)
     code, err = cli(["cells", "corpus", "build", good_h5ad, "-o", tmp_path / "store"], capsys)
     assert code == 2
-    assert ("not writable" if fault == "read_only" else "MB free") in err
+    assert ("not writable" if fault == "read_only" else "1 kB free") in err
     assert not (tmp_path / "store").exists()
     del shutil
 
@@ -337,6 +337,7 @@ def test_disk_full_while_writing_leaves_no_partial_output(
     code, err = cli(embed_args(good_h5ad, model_dir, out), capsys)
     assert code == 2
     assert "No space left" in err
+    assert f"error: {out}: writing failed" in err  # names the output, not the temporary file
     assert out.read_bytes() == b"previous result"  # the old output is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["out.h5ad"]
 
@@ -404,6 +405,7 @@ def test_damaged_checkpoints_are_refused_naming_the_file_and_the_fix(
     assert code == 2
     assert str(m) in err
     assert message in err
+    assert err.startswith(f"error: {m}")  # the message is about the model, not the data
     fixes = (
         "copy the folder again",
         "another checkpoint",

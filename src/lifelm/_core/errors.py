@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class LifeLMError(Exception):
@@ -47,7 +48,10 @@ def naming(path: object) -> Iterator[None]:
     except LifeLMError as e:
         msg = str(e)
         where = str(path)
-        if where not in msg:
+        first = msg.split(": ", 1)[0]
+        named = Path(first.split(":")[0])
+        names_a_file = "/" in first and (named.exists() or named.parent.is_dir())
+        if where not in msg and not names_a_file:  # e.g. a checkpoint error names its own file
             msg = _ANNDATA.sub("", msg, count=1)
             e.args = (f"{where}: {msg}",)
         raise
