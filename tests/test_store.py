@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import shared_file
 from lifelm._core.errors import OutputError
 from lifelm._core.runfolder import FolderLockedError, ManifestMismatchError
+from lifelm.data.cells.counts import NotCountsError
 from lifelm.data.cells.datasets import MaskedGeneCollator
 from lifelm.data.cells.tokenizer import RankValueTokenizer, _segment_medians
 from lifelm.data.store import build as build_mod
@@ -456,3 +457,16 @@ def test_damaged_codon_shard_is_refused_on_load_and_rebuilt(tmp_path: Path) -> N
     again = CodonStore(out)
     for i in range(len(again)):
         np.testing.assert_array_equal(again[i]["input_ids"], want[i])
+
+
+def test_empty_sources_and_an_empty_store_are_refused(
+    two_files: list[Path], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.h5ad"
+    read_h5ad(two_files[0])[:0].copy().write_h5ad(empty)
+    with pytest.raises((CorpusError, NotCountsError), match=r"empty\.h5ad: 0 cells × 80 genes"):
+        build_corpus([two_files[0], empty], tmp_path / "a", config=CFG)
+    strict = CorpusConfig(**{**CFG.__dict__, "min_genes": 10_000})
+    with pytest.raises(CorpusError, match="every cell was dropped"):
+        build_corpus(two_files, tmp_path / "b", config=strict)
+    assert not (tmp_path / "b" / "corpus.json").exists()

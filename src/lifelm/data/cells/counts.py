@@ -124,6 +124,11 @@ def find_counts(adata: ad.AnnData, layer: str | None = None) -> MatrixSource:
         When the matrix looked at is not raw counts; the message says which layer was looked at,
         what it held, and how to point at counts.
     """
+    if 0 in adata.shape:
+        raise NotCountsError(
+            f"{_where(adata)}: {adata.n_obs} cells × {adata.n_vars} genes, nothing to tokenize. "
+            "Check the file (was it filtered to nothing?) and pass a dataset with cells and genes."
+        )
     sources = memory_sources(adata)
     if layer is not None:
         key = {"X": "X", "raw": "raw.X", "raw.X": "raw.X"}.get(layer, f"layers['{layer}']")

@@ -317,7 +317,13 @@ def _build_locked(
     for u in uris:  # check every source up front (clear errors before any work), one at a time
         src = open_source(u, layer=cfg.layer)
         n_rows.append(src.n_obs)
-        src.close()  # memory must not grow with the number of sources; workers reopen their own
+        shape = (src.n_obs, src.shell.n_vars)
+        src.close()
+        if 0 in shape:
+            raise CorpusError(
+                f"{u}: {shape[0]} cells × {shape[1]} genes, nothing to tokenize; remove it from "
+                "the sources or fix the file (was it filtered to nothing?)."
+            )  # memory must not grow with the number of sources; workers reopen their own
 
     tok_path = out / TOKENIZER_FILE
     if tokenizer is not None:
@@ -364,6 +370,11 @@ def _build_locked(
         s.pop("categories")
         s["files"] = {**s.get("files", {}), **shard_checksums(p, ("shard.json",))}
         shards.append(s)
+    if not sum(s["n_cells"] for s in shards):
+        raise CorpusError(
+            f"{out}: every cell was dropped (fewer than min_genes={cfg.min_genes} vocabulary "
+            "genes each), so the store would be empty; lower --min-genes or check the sources."
+        )
     store_bytes = sum(_size(out / "shards" / s["name"]) for s in shards)
     info = {
         **plan,
