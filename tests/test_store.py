@@ -13,10 +13,14 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import shared_file
+from lifelm._core.errors import OutputError
+from lifelm._core.runfolder import FolderLockedError, ManifestMismatchError
+from lifelm.data.cells.counts import NotCountsError
 from lifelm.data.cells.datasets import MaskedGeneCollator
 from lifelm.data.cells.tokenizer import RankValueTokenizer, _segment_medians
 from lifelm.data.store import build as build_mod
 from lifelm.data.store.build import CorpusConfig, CorpusError, build_corpus
+from lifelm.data.store.integrity import ShardDamagedError
 from lifelm.data.store.medians import GeneHistograms, HistogramSpec
 from lifelm.data.store.store import CorpusStore, StoreLoader, block_shuffle
 from lifelm.io.h5ad import read_h5ad
@@ -127,7 +131,7 @@ def test_killed_build_keeps_finished_shards_and_resumes(
     fresh = CorpusStore(tmp_path / "t")
     assert len(fresh) == len(store)
     np.testing.assert_array_equal(fresh.lengths(), store.lengths())
-    with pytest.raises(CorpusError, match="other sources"):
+    with pytest.raises(ManifestMismatchError, match="setting sources"):
         build_corpus(two_files[:1], tmp_path / "s", config=CFG)
 
 
@@ -339,3 +343,130 @@ def test_codon_pretraining_reads_a_codon_store(tmp_path: Path) -> None:
     assert str(store) in side
     assert result.step == 2
     assert np.isfinite(result.final_loss)
+
+
+# ------------------------------------------------------------ protection of the store folder
+def _flip_byte(path: Path, at: int = 0) -> None:
+    b = bytearray(path.read_bytes())
+    b[at] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+def test_damaged_shard_is_refused_on_load_and_rebuilt_on_resume(
+    two_files: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "s"
+    build_corpus(two_files, out, config=CFG)
+    good = CorpusStore(out)
+    want = [np.asarray(good.cell(i)).copy() for i in range(len(good))]
+    shard = out / "shards" / "s0001_p00000"
+    assert all("sha256" in f for f in good.shards[3]["files"].values())
+    # changed bytes (same size): the SHA-256 check when the shard is first read names it
+    _flip_byte(shard / "tokens.bin", 10)
+    store = CorpusStore(out)
+    assert np.array_equal(store.cell(0), want[0])  # other shards read fine
+    with pytest.raises(ShardDamagedError, match=r"s0001_p00000.*tokens\.bin.*SHA-256.*build"):
+        store.cell(int(store.starts[3]))
+    with pytest.raises(ShardDamagedError, match="s0001_p00000"):
+        CorpusStore(out).check()
+    # a truncated file is caught on open (sizes of every shard file)
+    meta = shard / "meta.npz"
+    meta.write_bytes(meta.read_bytes()[:20])
+    with pytest.raises(ShardDamagedError, match=r"s0001_p00000.*meta\.npz has 20 bytes"):
+        CorpusStore(out)
+    # the same build command again detects the damage and rebuilds only that shard
+    kept = (out / "shards" / "s0000_p00000" / "tokens.bin").stat().st_mtime_ns
+    build_corpus(two_files, out, config=CFG)
+    again = CorpusStore(out)
+    again.check()
+    assert (out / "shards" / "s0000_p00000" / "tokens.bin").stat().st_mtime_ns == kept
+    for i in range(len(again)):
+        np.testing.assert_array_equal(again.cell(i), want[i])
+
+
+def test_resume_with_other_settings_or_changed_source_is_refused(
+    two_files: list[Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    out = tmp_path / "s"
+    build_corpus(two_files, out, config=CFG)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["job"] == "cells.corpus"
+    assert len(manifest["inputs"]) == 2
+    with pytest.raises(ManifestMismatchError, match=r"setting min_genes: 5 → 7"):
+        build_corpus(two_files, out, config=CorpusConfig(**{**CFG.__dict__, "min_genes": 7}))
+    # the same file name with other content: the input hash differs
+    copy = tmp_path / "c"
+    copy.mkdir()
+    srcs = [copy / p.name for p in two_files]
+    for a, b in zip(two_files, srcs, strict=True):
+        shutil.copy(a, b)
+    build_corpus(srcs, tmp_path / "s2", config=CFG)
+    synthetic_cells(150, 80, n_types=3, seed=9).write_h5ad(srcs[1])
+    with pytest.raises(ManifestMismatchError, match=r"input source 1: .*part1\.h5ad"):
+        build_corpus(srcs, tmp_path / "s2", config=CFG)
+    # workers only change the speed, so a resume with more workers is fine
+    build_corpus(two_files, out, config=CorpusConfig(**{**CFG.__dict__, "workers": 1}))
+
+
+def test_second_writer_and_bad_output_folders_are_refused(
+    two_files: list[Path], tmp_path: Path
+) -> None:
+    from lifelm._core.runfolder import lock_folder
+
+    out = tmp_path / "s"
+    with lock_folder(out), pytest.raises(FolderLockedError, match="another LifeLM process"):
+        build_corpus(two_files, out, config=CFG)
+    junk = tmp_path / "junk"
+    junk.write_text("x")
+    with pytest.raises(OutputError, match="junk"):
+        build_corpus(two_files, junk, config=CFG)
+    with pytest.raises(OutputError, match="is a file"):
+        build_corpus(two_files, junk / "store", config=CFG)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(CorpusError, match="not empty and not a corpus store"):
+        build_corpus(two_files, busy, config=CFG)
+    assert sorted(p.name for p in busy.iterdir() if not p.name.startswith(".")) == ["notes.txt"]
+
+
+def test_damaged_codon_shard_is_refused_on_load_and_rebuilt(tmp_path: Path) -> None:
+    from lifelm.data.store.codons import CodonStore, build_codon_store
+
+    rng = np.random.default_rng(0)
+    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"]
+    fasta = tmp_path / "genes.fasta"
+    fasta.write_text(
+        "".join(
+            f">g{k} gene\n{''.join(rng.choice(codons, rng.integers(40, 300)))}\n" for k in range(60)
+        )
+    )
+    out = tmp_path / "c"
+    build_codon_store([fasta], out, row_len=128, shard_docs=25, min_codons=30)
+    want = [CodonStore(out)[i]["input_ids"] for i in range(len(CodonStore(out)))]
+    _flip_byte(out / "shards" / "f0000_p00001" / "input_ids.bin", 5)
+    store = CodonStore(out)
+    with pytest.raises(ShardDamagedError, match=r"f0000_p00001.*input_ids\.bin.*SHA-256"):
+        [store[i] for i in range(len(store))]
+    (out / "shards" / "f0000_p00000" / "doc_ids.bin").write_bytes(b"")
+    with pytest.raises(ShardDamagedError, match=r"f0000_p00000.*doc_ids\.bin has 0 bytes"):
+        CodonStore(out)
+    build_codon_store([fasta], out, row_len=128, shard_docs=25, min_codons=30)
+    again = CodonStore(out)
+    for i in range(len(again)):
+        np.testing.assert_array_equal(again[i]["input_ids"], want[i])
+
+
+def test_empty_sources_and_an_empty_store_are_refused(
+    two_files: list[Path], tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty.h5ad"
+    read_h5ad(two_files[0])[:0].copy().write_h5ad(empty)
+    with pytest.raises((CorpusError, NotCountsError), match=r"empty\.h5ad: 0 cells × 80 genes"):
+        build_corpus([two_files[0], empty], tmp_path / "a", config=CFG)
+    strict = CorpusConfig(**{**CFG.__dict__, "min_genes": 10_000})
+    with pytest.raises(CorpusError, match="every cell was dropped"):
+        build_corpus(two_files, tmp_path / "b", config=strict)
+    assert not (tmp_path / "b" / "corpus.json").exists()

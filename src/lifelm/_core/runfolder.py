@@ -203,7 +203,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     tmp.unlink()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if isinstance(e, LifeLMError) or e.errno is None:
+                raise
+            raise OutputError(
+                f"{path}: writing failed ({e.strerror or e}); nothing was written and any previous "
+                f"{path.name} is unchanged. Free space or choose another -o/--out."
+            ) from e
         if not tmp.exists():
             raise OutputError(f"{path}: nothing was written.")
         if tmp.is_dir() and path.is_dir():
@@ -255,7 +263,15 @@ def check_output_path(
         free = shutil.disk_usage(probe).free
         if free < need_bytes:
             raise OutputError(
-                f"{path}: {free / 1e6:.0f} MB free on its disk, about {need_bytes / 1e6:.0f} MB needed; "
+                f"{path}: {_human(free)} free on its disk, about {_human(need_bytes)} needed; "
                 "free space or choose another -o/--out."
             )
     return path
+
+
+def _human(n: int) -> str:
+    """A byte count for a message: ``512 B``, ``3.2 MB``, ``41 GB``."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"

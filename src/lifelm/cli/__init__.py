@@ -50,6 +50,23 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Usage-error, abort and exit classes of click and of the click that typer vendors."""
+    errors: list[type] = [click.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
+    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    try:  # typer >= 0.20 ships its own copy of click (typer._click)
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        errors.append(TyperClickException)
+    except ImportError:  # pragma: no cover - older typer uses click itself
+        pass
+    return tuple(errors), tuple(aborts), tuple(exits)
+
+
+_CLICK_ERROR, _ABORT, _EXIT = _click_classes()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point.
 
@@ -63,13 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     _state["debug"] = "--debug" in args
     try:
         rv = app(args=args, prog_name="lifelm", standalone_mode=False)
-    except click.exceptions.Abort:
+    except _ABORT:
         typer.echo("Aborted.", err=True)
         sys.exit(130)
-    except click.ClickException as e:
+    except _CLICK_ERROR as e:  # usage errors: a bad option, a missing file, a folder for a file
         e.show()
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)

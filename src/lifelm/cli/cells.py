@@ -105,9 +105,12 @@ def pretrain(
     with AdamW, warmup + cosine and gradient clipping, and checkpoints are written every
     --checkpoint-every steps. Runs unchanged under `torchrun --nproc_per_node N`.
     """
+    from lifelm._core.runfolder import check_output_path
     from lifelm._core.runtime import dist_env
     from lifelm.tasks.cells.pretrain import pretrain as run
     from lifelm.training.distributed import shutdown
+
+    check_output_path(out, kind="folder", need_bytes=50_000_000)  # before any data is read
 
     cfg = _train_config(
         max_steps=steps,
@@ -156,12 +159,20 @@ def embed(
     device: DEVICE = "auto",
 ) -> None:
     """Embed every cell with a pretrained model and write the AnnData with .obsm[KEY]."""
+    from lifelm._core.errors import naming
+    from lifelm._core.runfolder import atomic_output, check_output_path
     from lifelm.io.h5ad import read_h5ad
     from lifelm.tasks.cells.embed import embed as run
 
+    # -o is checked before the long part: a file path ending in .h5ad, writable, with room for
+    # a copy of the input plus the embeddings (at most 4 KiB per cell for d_model <= 1024)
+    check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size)
     adata = read_h5ad(data)
-    run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
-    adata.write_h5ad(out, compression="gzip")
+    check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size + 4096 * adata.n_obs)
+    with naming(data):
+        run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
+    with atomic_output(out) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
     typer.echo(
         f"wrote {out} ({adata.n_obs} cells, .obsm['{key_added}'] {adata.obsm[key_added].shape[1]}-d)"
     )

@@ -64,8 +64,7 @@ def build(
 
     tok = None
     if tokenizer is not None:
-        d = json.loads(tokenizer.read_text())
-        tok = RankValueTokenizer.from_dict(d.get("tokenizer", d))
+        tok = _read_tokenizer(tokenizer, RankValueTokenizer)
     cfg = CorpusConfig(
         max_length=max_length,
         shard_cells=shard_cells,
@@ -106,6 +105,20 @@ def synth(
 
     paths = synthesize_corpus(sources, out, cells, cells_per_file=cells_per_file, seed=seed)
     typer.echo(json.dumps({"files": [str(p) for p in paths]}))
+
+
+def _read_tokenizer(path: Path, cls):
+    """A tokenizer from tokenizer.json or a model folder's config.json, with clear errors."""
+    from lifelm._core.errors import InputError
+
+    try:
+        d = json.loads(path.read_text())
+        return cls.from_dict(d.get("tokenizer", d))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(
+            f"{path}: not a LifeLM tokenizer ({type(e).__name__}: {e}); --tokenizer takes the "
+            "tokenizer.json of a run or store, or a model folder's config.json."
+        ) from None
 
 
 def _summary(store) -> dict[str, object]:

@@ -37,14 +37,43 @@ def read_h5ad(path: str | Path, *, backed: bool = False) -> ad.AnnData:
         Open in read-only backed mode: ``.obs``/``.var`` are loaded, ``X`` is read on demand.
     """
     path = Path(path)
+    if path.is_dir():
+        if (path / "build.json").is_file():
+            raise H5adError(
+                f"{path}: an unfinished corpus store (no corpus.json): run the same "
+                "`lifelm cells corpus build` again to finish it (finished shards are kept)."
+            )
+        raise H5adError(
+            f"{path}: is a folder, not an .h5ad file; pass the .h5ad file itself "
+            "(only `lifelm cells pretrain` also reads a corpus store folder)."
+        )
     if not path.is_file():
         raise H5adError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise H5adError(f"{path}: empty file (0 bytes); copy or write the .h5ad again.")
     if not h5py.is_hdf5(path):
         raise H5adError(
             f"{path}: not an HDF5/.h5ad file. Convert it with anndata "
             "(e.g. `anndata.read_loom(...).write_h5ad(...)` or `scanpy.read_10x_h5`)."
         )
-    return ad.read_h5ad(path, backed="r" if backed else None)
+    try:
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise H5adError(f"{path}: cannot be read as .h5ad ({_damage(e)})") from e
+
+
+def _damage(e: BaseException) -> str:
+    """The reason an HDF5 read failed, with the likely cause and the fix."""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "truncated" in msg:
+        return (
+            f"{msg}: the file is truncated, e.g. by an interrupted download or copy; "
+            "copy or download it again"
+        )
+    return (
+        f"{type(e).__name__}: {msg[:300]}; the file is damaged or not written by anndata: "
+        "copy it again or re-write it with `anndata.AnnData.write_h5ad`"
+    )
 
 
 @dataclass
@@ -75,8 +104,15 @@ class MatrixSource:
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
         """Rows ``start:stop`` as CSR with canonical indices (views into an in-memory CSR; never a copy of the whole matrix)."""
         m = self.matrix
-        if isinstance(m, h5py.Group):
-            block = _read_h5_rows(m, start, stop, self.n_vars)
+        if isinstance(m, (h5py.Group, h5py.Dataset)) or hasattr(m, "to_memory"):
+            try:
+                block = self._read_disk_rows(start, stop)
+            except LifeLMError:
+                raise
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise H5adError(
+                    f"{self.where}: rows {start}:{stop} cannot be read ({_damage(e)})"
+                ) from e
         elif sp.issparse(m) and m.format == "csr":  # zero-copy views of data and indices
             lo, hi = int(m.indptr[start]), int(m.indptr[stop])
             block = sp.csr_matrix(
@@ -84,7 +120,7 @@ class MatrixSource:
                 shape=(stop - start, m.shape[1]),
                 copy=False,
             )
-        elif isinstance(m, h5py.Dataset) or sp.issparse(m) or hasattr(m, "to_memory"):
+        elif sp.issparse(m):
             block = sp.csr_matrix(m[start:stop])
         else:
             block = sp.csr_matrix(np.asarray(m[start:stop]))
@@ -94,6 +130,12 @@ class MatrixSource:
             block = block.copy()
             block.sum_duplicates()
         return block
+
+    def _read_disk_rows(self, start: int, stop: int) -> sp.csr_matrix:
+        m = self.matrix
+        if isinstance(m, h5py.Group):
+            return _read_h5_rows(m, start, stop, self.n_vars)
+        return sp.csr_matrix(m[start:stop])
 
     def chunks(self, chunk: int = ROW_CHUNK) -> Iterator[tuple[int, sp.csr_matrix]]:
         """Yield ``(start, rows)`` blocks covering every row in order."""
@@ -122,7 +164,10 @@ def _read_h5_rows(group: h5py.Group, start: int, stop: int, n_vars: int) -> sp.c
 def backed_sources(path: str | Path) -> dict[str, MatrixSource]:
     """The candidate count matrices of an h5ad file on disk (``X``, ``layers/*``, ``raw/X``), unread."""
     path = str(path)
-    f = h5py.File(path, "r")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise H5adError(f"{path}: cannot be read as .h5ad ({_damage(e)})") from e
     out: dict[str, MatrixSource] = {}
     if "X" in f:
         out["X"] = MatrixSource(f["X"], "X", path)

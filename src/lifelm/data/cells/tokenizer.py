@@ -34,7 +34,7 @@ import scipy.sparse as sp
 
 from lifelm._core.errors import LifeLMError
 from lifelm._core.runtime import get_logger
-from lifelm.data.cells.counts import find_counts
+from lifelm.data.cells.counts import check_counts_block, find_counts
 from lifelm.data.cells.genes import (
     ID_COLUMNS,
     GeneMapping,
@@ -49,6 +49,7 @@ PAD, MASK, CLS = 0, 1, 2
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]")
 N_SPECIAL = len(SPECIAL_TOKENS)
 TOKENIZER_KIND = "rank_value_v1"
+PANEL_WARN = 0.5  # warn when the data measures fewer than this fraction of the vocabulary genes
 
 
 class TokenizerError(LifeLMError, ValueError):
@@ -311,6 +312,8 @@ class RankValueTokenizer:
         datasets = [corpus] if isinstance(corpus, ad.AnnData) else list(corpus)
         if not datasets:
             raise TokenizerError("empty corpus")
+        for a in datasets:
+            check_shape(a, str(a.filename) if a.isbacked else "the AnnData")
         mappings = [_checked_mapping(a, species=species, min_mapped=min_mapped) for a in datasets]
         genes = np.unique(np.concatenate([m.unique_ids() for m in mappings]))
         vocab = {g: i for i, g in enumerate(genes)}
@@ -318,8 +321,8 @@ class RankValueTokenizer:
         for adata, mapping in zip(datasets, mappings, strict=True):
             src = find_counts(adata, layer)
             col_to_vocab = np.array([vocab.get(g, -1) for g in mapping.ids], dtype=np.int64)
-            for _, block in src.chunks():
-                _check_values(block, src.where)
+            for start, block in src.chunks():
+                _check_values(block, src.where, start)
                 total = np.asarray(block.sum(axis=1)).ravel()
                 mapped = to_vocab_columns(block, col_to_vocab, len(genes))
                 rows = np.repeat(np.arange(mapped.shape[0]), np.diff(mapped.indptr))
@@ -351,6 +354,7 @@ class RankValueTokenizer:
     def map_dataset(self, adata: ad.AnnData) -> GeneMapping:
         """Map ``adata``'s genes and check vocabulary coverage (error below ``min_coverage``)."""
         where = str(adata.filename) if adata.isbacked else "the AnnData"
+        check_shape(adata, where)
         data_species = detect_species(adata.var_names)
         for col in ID_COLUMNS:
             if data_species == "homo_sapiens" and col in adata.var:
@@ -368,8 +372,21 @@ class RankValueTokenizer:
                 f"{where}: only {coverage:.0%} of its {mapping.n_vars} genes are in the model "
                 f"vocabulary ({len(self.genes)} {self.species} genes; {mapping.summary()}). "
                 f"Below {self.min_coverage:.0%} the model sees too little of each cell: check that "
-                "the species matches, that var holds Ensembl IDs or official symbols (pass "
-                "gene_id_column/--gene-ids), or fine-tune on data with these genes."
+                "the species matches, that var_names hold Ensembl IDs or official symbols (or "
+                f"that a var column named one of {', '.join(ID_COLUMNS)} holds Ensembl IDs), "
+                "or fine-tune on data with these genes."
+            )
+        panel = len({g for g in mapping.ids if g in self.vocab}) / max(1, len(self.genes))
+        if panel < PANEL_WARN:
+            log.warning(
+                "%s: the data measures %d of the model's %d vocabulary genes (%.0f%%): a "
+                "targeted panel. Embeddings and predictions see only these genes and are not "
+                "comparable with whole-transcriptome cells; check results against a baseline "
+                "fitted on this data.",
+                where,
+                round(panel * len(self.genes)),
+                len(self.genes),
+                100 * panel,
             )
         return mapping
 
@@ -390,8 +407,8 @@ class RankValueTokenizer:
         col_to_vocab = np.array([self.vocab.get(g, -1) for g in mapping.ids], dtype=np.int32)
         toks, offs, ngenes = [], [np.zeros(1, dtype=np.int64)], []
         base = 0
-        for _, block in src.chunks(chunk):
-            _check_values(block, src.where)
+        for start, block in src.chunks(chunk):
+            _check_values(block, src.where, start)
             t, o, g = rank_block(block, col_to_vocab, self._inv_median, self.max_length - 1)
             toks.append(t)
             offs.append(o[1:] + base)
@@ -405,6 +422,8 @@ class RankValueTokenizer:
             "empty_cells": int((n_genes == 0).sum()),
             "truncated_cells": int((n_genes > self.max_length - 1).sum()),
             "median_genes_per_cell": float(np.median(n_genes)) if len(n_genes) else 0.0,
+            "vocab_genes_measured": int(np.unique(col_to_vocab[col_to_vocab >= 0]).size),
+            "vocab_genes": len(self.genes),
         }
         return TokenizedCells(
             tokens=np.concatenate(toks) if toks else np.zeros(0, dtype=np.int32),
@@ -461,12 +480,22 @@ class RankValueTokenizer:
         return h.hexdigest()
 
 
-def _check_values(block: sp.csr_matrix, where: str) -> None:
-    data = block.data
-    if data.size and (not np.isfinite(data).all() or data.min() < 0):
+def _check_values(block: sp.csr_matrix, where: str, start: int = 0) -> None:
+    """Every block read is checked to be raw counts (see :func:`check_counts_block`)."""
+    check_counts_block(block, where, start)
+
+
+def check_shape(adata: ad.AnnData, where: str) -> None:
+    """Refuse an AnnData with no cells or no genes (nothing to tokenize)."""
+    if adata.n_obs == 0:
         raise TokenizerError(
-            f"{where}: NaN, infinite or negative values in the count matrix; "
-            "raw counts are non-negative integers (is this scaled or log data?)"
+            f"{where}: 0 cells (X is 0 × {adata.n_vars}); nothing to tokenize. Check the file "
+            "(was it filtered to nothing?) and pass a dataset with cells."
+        )
+    if adata.n_vars == 0:
+        raise TokenizerError(
+            f"{where}: 0 genes (X is {adata.n_obs} × 0); nothing to tokenize. Check the file "
+            "(was var filtered to nothing?) and pass a dataset with genes."
         )
 
 

@@ -14,6 +14,12 @@ Every task writes into a hidden temporary folder and renames it when done, so a 
 most the tasks in flight: ``build_corpus`` run again on the same folder keeps finished stats and
 shards and does the rest. ``corpus.json`` is written last and marks a finished store. Tasks run in
 ``workers`` processes (parallel over sources and shards) with a progress bar.
+
+Protection: the store folder is locked while it is built (a second build of it is refused);
+``manifest.json`` records the sources' content hashes and the settings, so a resume with other
+sources or settings is refused naming the difference; every shard records the size and SHA-256
+of its files, checked before a resumed build keeps a shard (a damaged one is rebuilt) and by
+:class:`~lifelm.data.store.store.CorpusStore` on load.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ import numpy as np
 
 from lifelm._core.errors import LifeLMError
 from lifelm._core.progress import make_progress
+from lifelm._core.runfolder import (
+    MANIFEST_NAME,
+    check_output_path,
+    ensure_manifest,
+    lock_folder,
+)
 from lifelm._core.runtime import get_logger
 from lifelm.data.cells.tokenizer import (
     RankValueTokenizer,
@@ -40,12 +52,13 @@ from lifelm.data.cells.tokenizer import (
     rank_block,
     to_vocab_columns,
 )
+from lifelm.data.store.integrity import HashingWriter, shard_checksums, shard_problems
 from lifelm.data.store.medians import GeneHistograms, HistogramSpec, histogram_medians
 from lifelm.data.store.sources import METADATA_FIELDS, open_source
 
 log = get_logger("lifelm.store")
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: SHA-256 per shard file, manifest.json, lock
 CORPUS_FILE = "corpus.json"  # written last: its presence marks a finished store
 BUILD_FILE = "build.json"  # sources and settings of a build in progress (checked on resume)
 TOKENIZER_FILE = "tokenizer.json"
@@ -90,7 +103,7 @@ def _source_stats(uri: str, cfg: CorpusConfig, out: str) -> dict[str, Any]:
     )
     for start in range(0, src.n_obs, cfg.chunk_cells):
         block = src.rows(start, min(src.n_obs, start + cfg.chunk_cells))
-        _check_values(block, f"{uri} rows {start}+")
+        _check_values(block, uri, start)
         totals = np.asarray(block.sum(axis=1)).ravel()  # library size over all genes
         hist.add(to_vocab_columns(block, col, len(genes)), totals)
     tmp = f"{out}.tmp{os.getpid()}.npz"
@@ -152,11 +165,11 @@ def _write_shard(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lengths, rows, dropped, truncated = [], [], 0, 0
-    with (tmp / "tokens.bin").open("wb") as f:
+    with HashingWriter(tmp / "tokens.bin") as f:
         for a in range(start, stop, cfg.chunk_cells):
             b = min(stop, a + cfg.chunk_cells)
             block = src.rows(a, b)
-            _check_values(block, f"{uri} rows {a}:{b}")
+            _check_values(block, uri, a)
             tokens, offsets, n_genes = rank_block(block, col, inv_median, cfg.max_length - 1)
             keep = n_genes >= cfg.min_genes
             dropped += int((~keep).sum())
@@ -176,6 +189,7 @@ def _write_shard(
         codes[field] = code.astype(np.int32)
         categories[field] = cats.tolist()
     np.savez(tmp / "meta.npz", row=row, **codes)
+    files = {"tokens.bin": f.record(), **shard_checksums(tmp, ("offsets.npy", "meta.npz"))}
     info = {
         "name": final.name,
         "source": source_index,
@@ -186,6 +200,7 @@ def _write_shard(
         "dropped_cells": dropped,
         "truncated_cells": truncated,
         "categories": categories,
+        "files": files,
     }
     _atomic_json(tmp / "shard.json", info)
     shutil.rmtree(final, ignore_errors=True)
@@ -248,11 +263,25 @@ def build_corpus(
     uris = [str(s) for s in sources]
     if not uris:
         raise CorpusError("no sources given: pass .h5ad files or SOMA experiment URIs")
+    source_bytes = sum(_size(Path(u)) for u in uris)
+    # a store takes about 2 bytes per kept non-zero count: at least a quarter of the sources
+    check_output_path(out, kind="folder", need_bytes=source_bytes // 4)
+    with lock_folder(out):  # one writer per store: a second build of it is refused
+        return _build_locked(uris, out, cfg, tokenizer, source_bytes)
+
+
+def _build_locked(
+    uris: list[str],
+    out: Path,
+    cfg: CorpusConfig,
+    tokenizer: RankValueTokenizer | None,
+    source_bytes: int,
+) -> Path:
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
     plan = {"version": STORE_VERSION, "sources": uris, "config": asdict(cfg)}
     plan_path = out / BUILD_FILE
-    if plan_path.is_file():
+    resume = (out / MANIFEST_NAME).is_file()
+    if not resume and plan_path.is_file():  # a build started before manifests existed
         old = json.loads(plan_path.read_text())
         same = {k: v for k, v in old["config"].items() if k != "workers"} == {
             k: v for k, v in plan["config"].items() if k != "workers"
@@ -262,14 +291,39 @@ def build_corpus(
                 f"{out}: holds a build of other sources or settings ({plan_path}); use a new "
                 "folder, or delete this one to rebuild."
             )
+    elif not resume:
+        other = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+        if other:
+            raise CorpusError(
+                f"{out}: not empty and not a corpus store (holds {', '.join(sorted(other)[:5])}); "
+                "give -o/--out a new or empty folder."
+            )
+    ensure_manifest(  # on resume: refused, naming the difference, if sources or settings changed
+        out,
+        job="cells.corpus",
+        inputs={f"source {i}": (u if Path(u).exists() else None) for i, u in enumerate(uris)},
+        settings={
+            "store_version": STORE_VERSION,
+            "sources": uris,
+            **{k: v for k, v in asdict(cfg).items() if k != "workers"},  # workers: speed only
+            "tokenizer_sha256": tokenizer.hash() if tokenizer is not None else None,
+        },
+        resume=resume,
+    )
+    if resume or plan_path.is_file():
         log.info("%s: resuming the build (finished stats and shards are kept)", out)
-    else:
-        _atomic_json(plan_path, plan)
+    _atomic_json(plan_path, plan)
     n_rows = []
     for u in uris:  # check every source up front (clear errors before any work), one at a time
         src = open_source(u, layer=cfg.layer)
         n_rows.append(src.n_obs)
-        src.close()  # memory must not grow with the number of sources; workers reopen their own
+        shape = (src.n_obs, src.shell.n_vars)
+        src.close()
+        if 0 in shape:
+            raise CorpusError(
+                f"{u}: {shape[0]} cells × {shape[1]} genes, nothing to tokenize; remove it from "
+                "the sources or fix the file (was it filtered to nothing?)."
+            )  # memory must not grow with the number of sources; workers reopen their own
 
     tok_path = out / TOKENIZER_FILE
     if tokenizer is not None:
@@ -302,7 +356,7 @@ def build_corpus(
     for i, (uri, n) in enumerate(zip(uris, n_rows, strict=True)):
         for part, start in enumerate(range(0, n, cfg.shard_cells)):
             folder = out / "shards" / f"s{i:04d}_p{part:05d}"
-            if (folder / "shard.json").is_file():
+            if (folder / "shard.json").is_file() and _shard_intact(folder):
                 continue
             tasks.append(
                 (uri, start, min(n, start + cfg.shard_cells), str(tok_path), cfg, str(folder), i)
@@ -310,15 +364,22 @@ def build_corpus(
             sizes.append(min(n, start + cfg.shard_cells) - start)
     _run(tasks, _write_shard, cfg.workers, "shards", sizes)
 
-    shards = [
-        json.loads((p / "shard.json").read_text()) for p in sorted((out / "shards").glob("s*_p*"))
-    ]
-    source_bytes = sum(_size(Path(u)) for u in uris)
+    shards = []
+    for p in sorted((out / "shards").glob("s*_p*")):
+        s = json.loads((p / "shard.json").read_text())
+        s.pop("categories")
+        s["files"] = {**s.get("files", {}), **shard_checksums(p, ("shard.json",))}
+        shards.append(s)
+    if not sum(s["n_cells"] for s in shards):
+        raise CorpusError(
+            f"{out}: every cell was dropped (fewer than min_genes={cfg.min_genes} vocabulary "
+            "genes each), so the store would be empty; lower --min-genes or check the sources."
+        )
     store_bytes = sum(_size(out / "shards" / s["name"]) for s in shards)
     info = {
         **plan,
         "tokenizer": TOKENIZER_FILE,
-        "shards": [{k: v for k, v in s.items() if k != "categories"} for s in shards],
+        "shards": shards,
         "n_cells": sum(s["n_cells"] for s in shards),
         "n_tokens": sum(s["n_tokens"] for s in shards),
         "dropped_cells": sum(s["dropped_cells"] for s in shards),
@@ -338,6 +399,22 @@ def build_corpus(
         store_bytes / max(1, source_bytes),
     )
     return out
+
+
+def _shard_intact(folder: Path) -> bool:
+    """Whether a finished shard still matches its checksums (a damaged one is logged and redone)."""
+    try:
+        files = json.loads((folder / "shard.json").read_text()).get("files")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        problems = ["shard.json is not valid JSON"]
+    else:
+        if files is None:  # written before checksums were recorded
+            return True
+        problems = shard_problems(folder, files, full=True)
+    if problems:
+        log.warning("%s: damaged shard (%s); rebuilding it", folder, "; ".join(problems))
+        return False
+    return True
 
 
 def _size(path: Path) -> int:

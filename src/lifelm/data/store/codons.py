@@ -5,7 +5,9 @@ Genes (documents of ``[CLS]`` + codon ids) are packed into rows of ``row_len`` t
 shard at a time, and written as ``input_ids.bin`` (uint8: the 69-token GenSLM vocabulary fits)
 and ``doc_ids.bin`` (int16, -1 on padding); positions restart at 0 for each document and are
 recomputed on read. Shards are written to a temporary folder and renamed, so a killed build keeps
-its finished shards; ``codons.json`` is written last. :class:`CodonStore` returns the items of
+its finished shards; ``codons.json`` is written last. Each shard records the size and SHA-256 of
+its files: a resumed build rebuilds a damaged shard, and :class:`CodonStore` refuses one (sizes on
+open, SHA-256 when the shard is first read). :class:`CodonStore` returns the items of
 :class:`~lifelm.data.genomes.datasets.PackedCodonDataset` (collate with ``collate_packed``) and a
 block-shuffled ``epoch_order`` for the training loop.
 """
@@ -22,9 +24,17 @@ from typing import Any
 import numpy as np
 
 from lifelm._core.progress import track
+from lifelm._core.runtime import get_logger
 from lifelm.data.genomes.codons import PAD_ID, VOCAB_SIZE, pack_documents, tokenizer_identity
 from lifelm.data.store.build import CorpusError, _atomic_json, _size
+from lifelm.data.store.integrity import damaged, shard_checksums, shard_problems
 from lifelm.data.store.store import block_shuffle
+
+log = get_logger("lifelm.store")
+_REBUILD = (
+    "Run the same codon-store build again: damaged shards are detected by their checksums "
+    "and rebuilt, intact ones are kept."
+)
 
 CODON_STORE_FILE = "codons.json"  # written last: marks a finished codon store
 
@@ -51,8 +61,15 @@ def write_packed_shards(
     for name, docs in shards:
         final = root / name
         if (final / "shard.json").is_file():
-            infos.append(json.loads((final / "shard.json").read_text()))
-            continue
+            try:
+                info = json.loads((final / "shard.json").read_text())
+                problems = shard_problems(final, info.get("files", {}), full=True)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                problems = ["shard.json is not valid JSON"]
+            if not problems:
+                infos.append(info)
+                continue
+            log.warning("%s: damaged shard (%s); rebuilding it", final, "; ".join(problems))
         rng = np.random.default_rng([seed, len(infos)])
         packed = pack_documents(docs, row_len, rng=rng)
         tmp = root / f".tmp_{name}"
@@ -65,8 +82,10 @@ def write_packed_shards(
             "n_rows": len(packed.input_ids),
             "n_docs": len(docs),
             "n_tokens": int((packed.input_ids != PAD_ID).sum()),
+            "files": shard_checksums(tmp, ("input_ids.bin", "doc_ids.bin")),
         }
         _atomic_json(tmp / "shard.json", info)
+        shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         infos.append(info)
     return infos
@@ -136,7 +155,18 @@ class CodonStore:
                 f"{self.path}: not a finished codon store (no {CODON_STORE_FILE}); run the same "
                 "build again to finish it (finished shards are kept)."
             )
-        self.info = json.loads((self.path / CODON_STORE_FILE).read_text())
+        try:
+            self.info = json.loads((self.path / CODON_STORE_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CorpusError(
+                f"{self.path / CODON_STORE_FILE}: damaged ({e}). {_REBUILD}"
+            ) from None
+        for s in self.info["shards"]:  # sizes on open (cheap); SHA-256 when a shard is first read
+            problems = shard_problems(
+                self.path / "shards" / s["name"], s.get("files", {}), full=False
+            )
+            if problems:
+                raise damaged(self.path, s["name"], problems, _REBUILD)
         self.row_len = int(self.info["row_len"])
         rows = np.array([s["n_rows"] for s in self.info["shards"]], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(rows)])
@@ -150,6 +180,9 @@ class CodonStore:
         if k not in self._maps:
             s = self.info["shards"][k]
             folder = self.path / "shards" / s["name"]
+            problems = shard_problems(folder, s.get("files", {}), full=True)
+            if problems:
+                raise damaged(self.path, s["name"], problems, _REBUILD)
             shape = (s["n_rows"], self.row_len)
             self._maps[k] = (
                 np.memmap(folder / "input_ids.bin", dtype=np.uint8, mode="r", shape=shape),

@@ -25,6 +25,12 @@ import torch
 
 from lifelm.data.cells.tokenizer import RankValueTokenizer
 from lifelm.data.store.build import CORPUS_FILE, TOKENIZER_FILE, CorpusError
+from lifelm.data.store.integrity import damaged, shard_problems
+
+_REBUILD = (
+    "Run the same `lifelm cells corpus build SOURCES… -o STORE` again: damaged shards are "
+    "detected by their checksums and rebuilt, intact ones are kept."
+)
 
 
 def block_shuffle(
@@ -54,9 +60,19 @@ class CorpusStore:
         Folder written by :func:`~lifelm.data.store.build.build_corpus`.
     block_size, window_blocks
         Block shuffling of :meth:`epoch_order` (see :func:`block_shuffle`).
+    verify
+        Check shard files against the checksums recorded at build: sizes of all shards on
+        open, the SHA-256 of each shard when it is first read.
     """
 
-    def __init__(self, path: str | Path, *, block_size: int = 256, window_blocks: int = 16) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        block_size: int = 256,
+        window_blocks: int = 16,
+        verify: bool = True,
+    ) -> None:
         self.path = Path(path)
         info_path = self.path / CORPUS_FILE
         if not info_path.is_file():
@@ -69,8 +85,19 @@ class CorpusStore:
             raise CorpusError(
                 f"{self.path}: not a finished corpus store (no {CORPUS_FILE}); {hint}."
             )
-        self.info = json.loads(info_path.read_text())
-        self.shards: list[dict[str, Any]] = self.info["shards"]
+        try:
+            self.info = json.loads(info_path.read_text())
+            self.shards: list[dict[str, Any]] = self.info["shards"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise CorpusError(f"{info_path}: damaged ({e}). {_REBUILD}") from None
+        self.verify = verify
+        self._verified: set[int] = set()
+        for s in self.shards:  # sizes of every shard file: cheap, catches truncated/missing files
+            problems = shard_problems(
+                self.path / "shards" / s["name"], s.get("files", {}), full=False
+            )
+            if problems:
+                raise damaged(self.path, s["name"], problems, _REBUILD)
         counts = np.array([s["n_cells"] for s in self.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])  # (n_shards + 1,) first cell of each
         self.block_size = block_size
@@ -82,8 +109,30 @@ class CorpusStore:
         return int(self.starts[-1])
 
     # ------------------------------------------------------------------ access
+    def check_shard(self, k: int) -> None:
+        """Check shard ``k``'s files against their SHA-256 (once per shard and store object).
+
+        Raises
+        ------
+        ShardDamagedError
+            Naming the shard, what differs and the fix (run the build again).
+        """
+        if k in self._verified or not self.verify:
+            return
+        s = self.shards[k]
+        problems = shard_problems(self.path / "shards" / s["name"], s.get("files", {}), full=True)
+        if problems:
+            raise damaged(self.path, s["name"], problems, _REBUILD)
+        self._verified.add(k)
+
+    def check(self) -> None:
+        """Check every shard's SHA-256 now (otherwise each is checked when first read)."""
+        for k in range(len(self.shards)):
+            self.check_shard(k)
+
     def _shard(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k not in self._tokens:
+            self.check_shard(k)
             s = self.shards[k]
             folder = self.path / "shards" / s["name"]
             self._offsets[k] = np.load(folder / "offsets.npy")
@@ -118,7 +167,8 @@ class CorpusStore:
         """(n_cells,) strings of one metadata field (``dataset``, ``donor``, ``cell_type``, ``assay``)
         or ``source``/``row`` (which input and which row of it each cell came from)."""
         parts = []
-        for s in self.shards:
+        for k, s in enumerate(self.shards):
+            self.check_shard(k)
             folder = self.path / "shards" / s["name"]
             with np.load(folder / "meta.npz") as z:
                 if field == "row":

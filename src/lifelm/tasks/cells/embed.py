@@ -9,6 +9,7 @@ import anndata as ad
 import numpy as np
 import torch
 
+from lifelm._core.errors import NumericalError
 from lifelm._core.progress import make_progress
 from lifelm._core.runtime import autocast_dtype, get_logger, resolve_device
 from lifelm.data.cells.datasets import length_batches, pad_cells
@@ -60,6 +61,39 @@ def embed_tokens(
     return out
 
 
+def check_embeddings(emb: np.ndarray, lengths: np.ndarray, *, where: str) -> None:
+    """Refuse embeddings that cannot be right, before anything is written.
+
+    Cells with no vocabulary gene (``lengths == 0``) are NaN by design and counted. Refused
+    (:class:`~lifelm._core.errors.NumericalError`): no cell with a vocabulary gene at all, a NaN
+    or infinite value in a cell that had genes, or an all-zero vector for such a cell (a broken
+    model gives those; a working one never does).
+    """
+    has = lengths > 0
+    if not has.any():
+        raise NumericalError(
+            f"none of the {len(lengths)} cells has a gene in the vocabulary of {where}, so every "
+            "embedding would be NaN. Check that the data holds raw counts of the model's species "
+            "and gene identifiers (Ensembl IDs or symbols), or use a model trained on these genes."
+        )
+    ok = emb[has]
+    bad = ~np.isfinite(ok).all(axis=1)
+    if bad.any():
+        raise NumericalError(
+            f"{where}: gave NaN or infinite embeddings for {int(bad.sum())} of {int(has.sum())} "
+            "cells that have vocabulary genes; nothing was written. The model weights are "
+            "broken (diverged training?): use another checkpoint, or run on --device cpu to "
+            "rule out a reduced-precision overflow."
+        )
+    zero = ~ok.any(axis=1)
+    if zero.any():
+        raise NumericalError(
+            f"{where}: gave all-zero embeddings for {int(zero.sum())} of {int(has.sum())} cells; "
+            "nothing was written. The model weights are broken (zeroed or untrained "
+            "normalisation): use another checkpoint."
+        )
+
+
 def embed(
     adata: ad.AnnData,
     model: CellModel | str | Path,
@@ -94,7 +128,13 @@ def embed(
     The AnnData when ``copy=True``, else ``None``. Writes:
 
     - ``.obsm[key_added]``: (n_obs, d_model) float32 embeddings (NaN for cells with no
-      vocabulary gene, which are counted in the log);
+      vocabulary gene, which are counted in the log and in ``uns``: ``empty_cells``);
+
+    Raises
+    ------
+    NumericalError
+        When no cell has a vocabulary gene, or the model gives NaN/infinite/all-zero vectors
+        for cells that have genes (see :func:`check_embeddings`); ``adata`` is left unchanged.
     - ``.uns["lifelm"]["embed"]``: model folder, tokenizer hash and the tokenization report.
     """
     cm = as_cell_model(model, device)
@@ -106,7 +146,9 @@ def embed(
             "%d cells have no gene in the model vocabulary; their embeddings are NaN",
             cells.report["empty_cells"],
         )
-    adata.obsm[key_added] = embed_tokens(cm, cells, batch_size=batch_size)
+    emb = embed_tokens(cm, cells, batch_size=batch_size)
+    check_embeddings(emb, cells.lengths(), where=str(cm.folder or "the model"))
+    adata.obsm[key_added] = emb
     adata.uns.setdefault("lifelm", {})["embed"] = {
         "model": str(cm.folder) if cm.folder else "",
         "tokenizer_sha256": cm.tokenizer.hash(),

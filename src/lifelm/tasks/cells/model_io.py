@@ -10,7 +10,7 @@ import torch
 
 from lifelm._core.runtime import resolve_device
 from lifelm.data.cells.tokenizer import RankValueTokenizer
-from lifelm.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from lifelm.io.checkpoint import CheckpointError, load_checkpoint, read_config, save_checkpoint
 from lifelm.models.cell_transformer import (
     CellClassifier,
     CellClassifierConfig,
@@ -80,12 +80,26 @@ def load_cell_model(folder: str | Path, *, device: str = "cpu") -> CellModel:
     device
         Where to put the weights.
     """
-    state, cfg = load_checkpoint(folder)
+    cfg = read_config(folder)
     kind = cfg.get("model_type")
     if kind not in (CELL_MODEL, CELL_CLASSIFIER):
-        raise CheckpointError(f"{folder}: model_type {kind!r} is not a LifeLM cell model")
-    tokenizer = RankValueTokenizer.from_dict(cfg["tokenizer"])
-    trunk_cfg = CellTransformerConfig(**cfg["model"])
+        raise CheckpointError(
+            f"{Path(folder) / 'config.json'}: model_type {kind!r} is not a LifeLM cell model "
+            f"({CELL_MODEL!r} or {CELL_CLASSIFIER!r}); pass a folder written by "
+            "`lifelm cells pretrain` (…/model) or `lifelm cells annotate --save`."
+        )
+    try:
+        tokenizer = RankValueTokenizer.from_dict(cfg["tokenizer"])
+        trunk_cfg = CellTransformerConfig(**cfg["model"])
+        head_cfg = CellClassifierConfig(**cfg["head"]) if kind == CELL_CLASSIFIER else None
+    except (KeyError, TypeError, ValueError) as e:
+        field_name = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(
+            f"{Path(folder) / 'config.json'}: incomplete or edited cell-model config "
+            f"({type(e).__name__}: {field_name}). The file must be the one LifeLM wrote with "
+            "these weights: copy the checkpoint folder again or use another checkpoint."
+        ) from e
+    state, _ = load_checkpoint(folder)
     if trunk_cfg.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"{folder}: model vocab_size {trunk_cfg.vocab_size} != tokenizer vocabulary "
@@ -94,8 +108,14 @@ def load_cell_model(folder: str | Path, *, device: str = "cpu") -> CellModel:
     trunk = CellTransformer(trunk_cfg)
     network: CellTransformer | CellClassifier = trunk
     if kind == CELL_CLASSIFIER:
-        network = CellClassifier(trunk, CellClassifierConfig(**cfg["head"]))
-    missing, unexpected = network.load_state_dict(state, strict=False)
+        network = CellClassifier(trunk, head_cfg)  # type: ignore[arg-type]
+    try:
+        missing, unexpected = network.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensor shapes differ from the config
+        raise CheckpointError(
+            f"{folder}: weights do not fit the config ({str(e).splitlines()[-1].strip()[:200]}); "
+            "config.json and model.safetensors come from different models: copy the folder again."
+        ) from e
     if missing or unexpected:
         raise CheckpointError(
             f"{folder}: weights do not match the config (missing {missing[:5]}, "
