@@ -42,12 +42,12 @@ def _lifelm(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def _serve(data: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lifelm", "serve", "--data-dir", str(data), "--port", str(port),
-         "--cpu-slots", "2"],
-        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    return proc
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "lifelm", "serve", "--data-dir", str(data), "--port", str(port),
+             "--cpu-slots", "2"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
 
 @pytest.mark.slow
