@@ -130,7 +130,11 @@ def main() -> None:
     finally:
         stop.set()
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:  # open connections keep uvicorn waiting
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -116,10 +116,12 @@ def test_kill_9_server_and_workers_mid_job_then_restart(tmp_path: Path) -> None:
         # the registered model embeds cells through the same client
         emb = c.submit("lab", {"task": "cells.embed", "dataset": "cells.h5ad", "model": "tiny:1"})
         assert c.wait("lab", emb["id"], timeout=300)["status"] == "succeeded"
-        got = c.fetch("lab", emb["id"], tmp_path / "fetched")
+        fetched = _lifelm("remote", "fetch", str(emb["id"]), "--url", url, "--token", token,
+                          "-p", "lab", "-o", str(tmp_path / "fetched"))  # fmt: skip
+        assert fetched.stdout.strip().endswith("embedded.h5ad")
         import anndata as ad
 
-        adata = ad.read_h5ad(got[0])
+        adata = ad.read_h5ad(tmp_path / "fetched" / "embedded.h5ad")
         assert adata.obsm["X_lifelm"].shape == (80, 32)
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,14 @@ admin_app = typer.Typer(help="Administration on the server machine (no HTTP, no 
 db_app = typer.Typer(help="Database schema.")
 app.add_typer(admin_app, name="admin")
 app.add_typer(db_app, name="db")
+
+
+class ExecutorName(StrEnum):
+    """Where jobs run by default."""
+
+    local = "local"
+    slurm = "slurm"
+
 
 DATA_DIR = Annotated[
     Path, typer.Option("--data-dir", help="Folder for the database (SQLite), datasets and jobs.")
@@ -42,7 +51,9 @@ def serve(
     database_url: DB_URL = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
-    executor: Annotated[str, typer.Option(help="Default executor: local or slurm.")] = "local",
+    executor: Annotated[
+        ExecutorName, typer.Option(help="Default executor: local (worker processes) or slurm.")
+    ] = ExecutorName.local,
     cpu_slots: Annotated[int, typer.Option(min=1, help="CPUs the local executor hands out.")] = 2,
     gpu_slots: Annotated[int, typer.Option(min=0, help="GPUs the local executor hands out.")] = 0,
     max_upload_gb: Annotated[float, typer.Option(help="Largest accepted upload (GB).")] = 2.0,
@@ -55,10 +66,8 @@ def serve(
 
     from lifelm.service.app import create_app
 
-    if executor not in ("local", "slurm"):
-        raise typer.BadParameter("--executor must be local or slurm")
     settings = _settings(
-        data_dir, database_url, executor=executor, cpu_slots=cpu_slots, gpu_slots=gpu_slots,
+        data_dir, database_url, executor=executor.value, cpu_slots=cpu_slots, gpu_slots=gpu_slots,
         max_upload_bytes=int(max_upload_gb * 1024**3),
     )  # fmt: skip
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")

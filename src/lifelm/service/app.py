@@ -266,6 +266,7 @@ def create_app(settings: Settings) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, secret = header.partition(" ")
         user = auth.lookup(s, secret.strip()) if scheme.lower() == "bearer" and secret else None
+        s.commit()  # give the connection back while the request waits for its handler
         if user is None:
             limiter.fail(client)
             raise HTTPException(
@@ -302,6 +303,7 @@ def create_app(settings: Settings) -> FastAPI:
             if p is not None
             else None
         )
+        s.commit()  # give the connection back while the request waits for its handler
         if p is None or (m is None and not user.is_admin):
             raise HTTPException(404, f"no project {project!r}")  # same answer: exists or not
         return Access(user, p, m.role if m else "owner")

@@ -31,6 +31,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# above the 40 threads that run FastAPI's sync handlers, plus the scheduler and event streams
+POOL_SIZE, POOL_OVERFLOW = 45, 20
 
 
 def utcnow() -> dt.datetime:
@@ -149,7 +151,10 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=POOL_SIZE,
+            max_overflow=-1,  # SQLite connections are cheap; never make a request wait for one
         )
 
         @event.listens_for(engine, "connect")
@@ -162,7 +167,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
 
 
 def upgrade(url: str) -> None:
