@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,37 @@ def test_cancel_reaches_slurm(served) -> None:
         return state if state not in (None, "RUNNING", "PENDING", "COMPLETING") else None
 
     assert wait_for(ended, timeout=60) == "CANCELLED"
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_process_training_runs_as_srun_torchrun(served, tmp_path: Path) -> None:
+    """A pretraining spec with processes=2 runs as ``srun torchrun --nproc_per_node 2`` inside
+    the SLURM allocation (2 gloo processes) and registers its model."""
+    http, app = served
+    from service_helpers import write_cells
+
+    cells = write_cells(tmp_path / "c.h5ad", n_cells=60)
+    assert (
+        http.put("/v1/projects/lab/datasets/c.h5ad", content=cells.read_bytes()).status_code == 201
+    )
+    spec = {"task": "cells.pretrain", "datasets": ["c.h5ad"], "model_name": "ddp", "preset": "test",
+            "steps": 4, "batch_size": 4, "max_length": 32, "checkpoint_every": 2, "warmup": 1,
+            "processes": 2, "resources": {"cpus": 2, "max_hours": 0.5}}  # fmt: skip
+    job = http.post("/v1/projects/lab/jobs", json={"spec": spec, "executor": "slurm"}).json()
+    done = wait_for(lambda: _done(http, job["id"]), timeout=600)
+    logs = http.get(f"/v1/projects/lab/jobs/{job['id']}/logs", params={"tail": 400}).text
+    assert done["status"] == "succeeded", logs
+    assert logs.count("lifelm.tokenizer: vocabulary") == 2  # one per torchrun process
+    folder = app.state.scheduler.job_dir(type("J", (), {"project_id": 1, "id": job["id"]})())
+    payload = __import__("json").loads((folder / "job.json").read_text())
+    assert payload["processes"] == 2
+    assert payload["launcher"] == "srun"
+    from lifelm.service.runner import build_command
+
+    cmd = build_command(payload)
+    assert cmd[0] == "srun"
+    assert "--nproc_per_node=2" in cmd
+    models = http.get("/v1/projects/lab/models").json()
+    assert [(m["name"], m["version"]) for m in models] == [("ddp", 1)]
+    assert models[0]["card"]["training"]["steps"] == 4
