@@ -9,6 +9,8 @@ not revealed). Viewers read, members also upload and submit, owners also manage 
 # inside create_app() at run time, which string annotations would hide.
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import re
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -248,9 +251,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings, app.state.sessions, app.state.scheduler = settings, sessions, scheduler
 
     # -- dependencies -------------------------------------------------------------------
-    def db():
-        with sessions() as s:
+    async def db():
+        # async, so the session closes on the event loop after the response: a sync teardown
+        # waits for a worker thread while holding its connection, and under load every thread
+        # can be waiting for a connection (the pool deadlock seen with 200 clients)
+        s = sessions()
+        try:
             yield s
+        finally:
+            s.close()
 
     DB = Annotated[Session, Depends(db)]
 
@@ -752,11 +761,37 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, f"no model {name}:{version} in project {a.project.name}")
         return _model_out(m)
 
+    for route in app.routes:  # see _releasing
+        if isinstance(route, APIRoute) and not inspect.iscoroutinefunction(route.dependant.call):
+            route.dependant.call = _releasing(route.dependant.call)
+
     @app.exception_handler(IntegrityError)
     async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
         return JSONResponse({"detail": "conflict with an existing object"}, status_code=409)
 
     return app
+
+
+def _releasing(fn):
+    """Close the request's session as soon as a sync handler returns.
+
+    FastAPI validates a sync handler's response in a worker thread after the handler, and
+    closes yield-dependencies after the response: a request would hold its database connection
+    while it waits for a thread, and with many clients every thread ends up waiting for a
+    connection held by a request that waits for a thread (seen with 200 clients on PostgreSQL).
+    Returned objects stay readable (sessions do not expire them).
+    """
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for value in kwargs.values():
+                if isinstance(value, Session):
+                    value.close()
+
+    return call
 
 
 def recover(settings: Settings) -> None:
