@@ -70,7 +70,9 @@ def serve(
         data_dir, database_url, executor=executor.value, cpu_slots=cpu_slots, gpu_slots=gpu_slots,
         max_upload_bytes=int(max_upload_gb * 1024**3),
     )  # fmt: skip
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
+    # that moment sees "server disconnected" (seen under load with 200 clients)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=30)
 
 
 @db_app.command("upgrade")
