@@ -794,11 +794,6 @@ def _releasing(fn):
     return call
 
 
-def recover(settings: Settings) -> None:
-    """Nothing to do at start-up beyond the scheduler's own polling: a running attempt whose
-    worker survived is re-attached, one whose worker died is re-queued (see :mod:`scheduler`)."""
-
-
 def register_model_folder(
     settings: Settings, project: str, name: str, folder: Path, *, licence: str, intended_use: str
 ) -> tuple[str, int]:
