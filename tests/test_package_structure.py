@@ -67,6 +67,20 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "evaluation": ("cli", "service"),
     "reports": ("cli", "service", "training"),
     "testing": ("cli", "service"),
+    "service": ("cli", "client"),
+    "client": (
+        "io",
+        "data",
+        "models",
+        "training",
+        "tasks",
+        "evaluation",
+        "reports",
+        "cli",
+        "service",
+        "cells",
+        "genomes",
+    ),
 }
 FORBIDDEN_THIRD_PARTY = {"models": ("anndata", "pandas", "h5py", "scanpy")}
 
@@ -132,6 +146,14 @@ def test_cli_is_not_imported_by_the_library() -> None:
         if module.startswith("lifelm.cli") or module == "lifelm.__main__":  # the entry point
             continue
         assert not [n for n in _imports(path) if n.startswith("lifelm.cli")], module
+
+
+def test_service_is_imported_by_nothing_but_the_cli() -> None:
+    """The service is an adapter: only ``lifelm serve`` (cli/serve.py) starts it."""
+    for module, path in _modules():
+        if module.startswith(("lifelm.service", "lifelm.cli")):
+            continue
+        assert not [n for n in _imports(path) if n.startswith("lifelm.service")], module
 
 
 def test_walk_catches_a_back_edge(tmp_path: Path) -> None:

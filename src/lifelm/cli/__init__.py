@@ -17,6 +17,8 @@ from lifelm.cli.bench import app as bench_app
 from lifelm.cli.cells import app as cells_app
 from lifelm.cli.demo import demo
 from lifelm.cli.genomes import app as genomes_app
+from lifelm.cli.remote import app as remote_app
+from lifelm.cli.serve import app as serve_app
 
 app = typer.Typer(
     name="lifelm",
@@ -41,6 +43,8 @@ def _options(
 app.add_typer(cells_app, name="cells")
 app.add_typer(genomes_app, name="genomes")
 app.add_typer(bench_app, name="bench")
+app.add_typer(serve_app, name="serve")
+app.add_typer(remote_app, name="remote")
 app.command("demo")(demo)
 
 

@@ -1,0 +1,136 @@
+"""``lifelm serve``: run the job service; ``db upgrade``; ``admin`` bootstrap commands."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="The job service for a lab's shared machine or SLURM cluster (see docs/service.md).",
+    invoke_without_command=True,
+)
+admin_app = typer.Typer(help="Administration on the server machine (no HTTP, no password).")
+db_app = typer.Typer(help="Database schema.")
+app.add_typer(admin_app, name="admin")
+app.add_typer(db_app, name="db")
+
+
+class ExecutorName(StrEnum):
+    """Where jobs run by default."""
+
+    local = "local"
+    slurm = "slurm"
+
+
+DATA_DIR = Annotated[
+    Path, typer.Option("--data-dir", help="Folder for the database (SQLite), datasets and jobs.")
+]
+DB_URL = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="LIFELM_DATABASE_URL",
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in --data-dir).",
+    ),
+]
+
+
+def _settings(data_dir: Path, database_url: str | None, **kw: object):
+    from lifelm.service.app import Settings
+
+    return Settings(data_dir=data_dir, database_url=database_url, **kw)  # type: ignore[arg-type]
+
+
+@app.callback()
+def serve(
+    ctx: typer.Context,
+    data_dir: DATA_DIR = Path("lifelm-service"),
+    database_url: DB_URL = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="Default executor: local (worker processes) or slurm.")
+    ] = ExecutorName.local,
+    cpu_slots: Annotated[int, typer.Option(min=1, help="CPUs the local executor hands out.")] = 2,
+    gpu_slots: Annotated[int, typer.Option(min=0, help="GPUs the local executor hands out.")] = 0,
+    max_upload_gb: Annotated[float, typer.Option(help="Largest accepted upload (GB).")] = 2.0,
+) -> None:
+    """Start the server (or run a sub-command)."""
+    ctx.obj = {"data_dir": data_dir, "database_url": database_url}
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from lifelm.service.app import create_app
+
+    settings = _settings(
+        data_dir, database_url, executor=executor.value, cpu_slots=cpu_slots, gpu_slots=gpu_slots,
+        max_upload_bytes=int(max_upload_gb * 1024**3),
+    )  # fmt: skip
+    # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
+    # that moment sees "server disconnected" (seen under load with 200 clients)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=30)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Bring the database to the newest schema (also done at every start)."""
+    from lifelm.service.db import upgrade
+
+    s = _settings(ctx.obj["data_dir"], ctx.obj["database_url"])
+    Path(s.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(s.url)
+    typer.echo("database at the newest schema")
+
+
+@admin_app.command("create-user")
+def create_user(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name.")],
+    admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
+    days: Annotated[float, typer.Option(help="Token lifetime in days.")] = 90.0,
+) -> None:
+    """Create a user and print their first API token (shown once; no password exists)."""
+    from lifelm.service import auth
+    from lifelm.service.db import User, make_engine, session_factory, upgrade
+
+    s_ = _settings(ctx.obj["data_dir"], ctx.obj["database_url"])
+    Path(s_.data_dir).mkdir(parents=True, exist_ok=True)
+    upgrade(s_.url)
+    engine = make_engine(s_.url)
+    with session_factory(engine)() as s:
+        from sqlalchemy import select
+
+        if s.scalars(select(User).where(User.name == name)).first():
+            raise ValueError(f"user {name!r} exists")
+        u = User(name=name, is_admin=admin)
+        s.add(u)
+        s.flush()
+        _, secret = auth.issue(s, u, name="cli", days=days)
+        s.commit()
+    engine.dispose()
+    typer.echo(secret)
+
+
+@admin_app.command("import-model")
+def import_model(
+    ctx: typer.Context,
+    project: Annotated[str, typer.Argument(help="Project name.")],
+    name: Annotated[str, typer.Argument(help="Model name (the version is assigned).")],
+    folder: Annotated[
+        Path, typer.Argument(help="Checkpoint folder.", exists=True, file_okay=False)
+    ],
+    licence: Annotated[str, typer.Option(help="Licence of the weights.")] = "unknown",
+    intended_use: Annotated[str, typer.Option(help="Intended use.")] = "research",
+) -> None:
+    """Register an existing checkpoint folder as NAME:<next version> in PROJECT."""
+    from lifelm.service.app import register_model_folder
+
+    s = _settings(ctx.obj["data_dir"], ctx.obj["database_url"])
+    n, v = register_model_folder(
+        s, project, name, folder, licence=licence, intended_use=intended_use
+    )
+    typer.echo(f"{n}:{v}")
