@@ -130,5 +130,5 @@ def test_check_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: shutil._ntuple_diskusage(10, 10, 0))
-    with pytest.raises(OutputError, match="MB free"):
+    with pytest.raises(OutputError, match="0 B free on its disk, about 1 MB needed"):
         check_output_path(tmp_path / "out.h5ad", need_bytes=1_000_000)
