@@ -14,7 +14,8 @@ so). Two checks:
    ``--method auto`` picks.
 
 The model is ``--model DIR`` or, without it, a ``--preset`` model pretrained here for ``--steps``
-steps on the same file (masked-gene prediction; labels unused).
+steps on the same file (masked-gene prediction; labels unused), or an untrained one
+(``--steps 0``: calibration concerns the labels, not the model, so it must hold for any model).
 
 Usage::
 
@@ -80,7 +81,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=300, help="0 = untrained (random) model")
+    ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--permutations", type=int, default=5)
     ap.add_argument("--n-cells", type=int, default=50, help="cells scanned per state")
     ap.add_argument("--candidates", type=int, default=200)
@@ -97,25 +99,44 @@ def main() -> None:
         adata = adata[adata.obs["cell_type"].astype(str) == args.cell_type].copy()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if args.model is None:
+    if args.model is not None:
+        model = as_cell_model(args.model, args.device)
+        model_name = str(args.model)
+    elif args.steps == 0:  # untrained: calibration does not depend on the model
+        import torch
+
+        from lifelm.data.cells.tokenizer import RankValueTokenizer
+        from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
+        from lifelm.tasks.cells.model_io import CellModel, sidecar
+
+        tok = RankValueTokenizer.fit(adata, max_length=args.max_length)
+        torch.manual_seed(0)
+        cfg = CellTransformerConfig.from_name(
+            args.preset, vocab_size=tok.vocab_size, max_length=args.max_length
+        )
+        model = CellModel(CellTransformer(cfg).eval(), tok, sidecar(cfg, tok))
+        model_name = (
+            f"untrained {args.preset} (random weights, seed 0, max_length {args.max_length})"
+        )
+    else:
         from lifelm.tasks.cells.pretrain import pretrain
         from lifelm.training.loop import TrainConfig
 
-        run = args.out / "targets_kang_model"
         res = pretrain(
             adata,
-            run,
+            args.out / "targets_kang_model",
             preset=args.preset,
+            max_length=args.max_length,
             train_config=TrainConfig(
                 max_steps=args.steps, batch_size=32, warmup_steps=max(1, args.steps // 10),
                 checkpoint_every=10**9, device=args.device, progress=False,
             ),
         )  # fmt: skip
-        model_dir = res.model_dir
-        print(f"pretrained {args.preset} for {res.step} steps, loss {res.final_loss:.3f}")
-    else:
-        model_dir = args.model
-    model = as_cell_model(model_dir, args.device)
+        model = as_cell_model(res.model_dir, args.device)
+        model_name = (
+            f"{args.preset} pretrained here for {res.step} steps (loss {res.final_loss:.3f})"
+        )
+        print(model_name, flush=True)
     train_s = time.time() - t0
     ifn = ifn_genes()
     common = {
@@ -161,7 +182,7 @@ def main() -> None:
         "uptime": uptime,
         "data": KANG + (f" ({args.cell_type} only)" if args.cell_type else ""),
         "n_cells_data": int(adata.n_obs),
-        "model": str(model_dir),
+        "model": model_name,
         "args": {k: str(v) for k, v in vars(args).items()},
         "seconds_model": round(train_s, 1),
         "seconds_real_run": round(real_s, 1),

@@ -205,7 +205,7 @@ def targets(
         "model_config": model / "config.json",
     }
     with lock_folder(out):
-        if not resume and ((out / "manifest.json").exists() or (out / "scan").exists()):
+        if not resume and (out / "scan").exists():
             raise OutputError(
                 f"{out}: holds a previous targets run; pass --resume to continue it (same data, "
                 "weights and settings) or choose another --out folder."
