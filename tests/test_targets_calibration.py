@@ -7,6 +7,7 @@ planted goal-state gene that gene must be called.
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -134,13 +135,15 @@ def test_planted_gene_is_found_by_both_rankings(planted) -> None:
     assert res["verdict"]
 
 
-def test_method_auto_follows_the_held_out_winner(planted) -> None:
+def test_method_auto_follows_the_held_out_winner(planted, tmp_path) -> None:
     adata, model, _symbol = planted
     out = T.rank_targets(
         adata, model, label_key="state", start="start", goal="goal", donor_key="donor",
         n_cells=10, method="auto", **FAST,
     )  # fmt: skip
     res = out.uns["lifelm_targets"]
+    assert out.uns["lifelm"]["targets"] is res
+    assert {"de_log2fc", "de_p", "de_q", "rank_de"} <= set(res["genes"].columns)
     assert res["method"] == res["winner"]
     rank_col = "rank_de" if res["winner"] == "de" else "rank_insilico"
     assert (res["genes"]["rank"] == res["genes"][rank_col]).all()
@@ -148,6 +151,9 @@ def test_method_auto_follows_the_held_out_winner(planted) -> None:
     if res["winner"] == "de":
         assert "agrees less" in res["verdict"]
         assert "DE" in res["verdict"]
+    out.write_h5ad(tmp_path / "out.h5ad")  # the results survive a round trip
+    back = ad.read_h5ad(tmp_path / "out.h5ad").uns["lifelm"]["targets"]
+    assert list(back["genes"]["gene"]) == list(res["genes"]["gene"])
     header = T.header_lines(res)
     assert all(line.startswith("# ") for line in header)
     assert any("test unit" in line and "paired donors" in line for line in header)

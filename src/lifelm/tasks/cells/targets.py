@@ -562,7 +562,8 @@ def rank_targets(
 
     Returns
     -------
-    The AnnData when ``copy=True``, else ``None``. Writes ``.uns[key_added]`` with ``"genes"``
+    The AnnData when ``copy=True``, else ``None``. Writes ``.uns[key_added]`` (and the same
+    dict as ``.uns["lifelm"]["targets"]``) with ``"genes"``
     (ranked DataFrame; columns in ``docs/cells-targets.md``), ``"comparison"`` (held-out
     agreement of both rankings), ``"method"`` (the ranking used), ``"verdict"`` (one line),
     ``"design"`` (the test), ``"warnings"``, ``"per_cell"`` (per-cell scores of the top 20 genes
@@ -758,6 +759,7 @@ def rank_targets(
         scanned |= r["scanned"]
     adata.obs[f"{key_added}_scanned"] = scanned
     adata.uns[key_added] = uns
+    adata.uns.setdefault("lifelm", {})["targets"] = uns  # run metadata, as every task
     return adata if copy else None
 
 
