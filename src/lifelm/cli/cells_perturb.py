@@ -231,8 +231,10 @@ def targets(
         typer.echo(f"warning: {w}", err=True)
     g = res["genes"]
     typer.echo(
-        f"{len(g)} candidates; FDR < 0.05: {int((g['q'] < 0.05).sum())} in silico, "
-        f"{int((g['de_q'] < 0.05).sum())} by DE; ranked by {res['method']}; wrote "
+        f"{len(g)} candidates; FDR < 0.05 toward the goal: "
+        f"{int(((g['q'] < 0.05) & (g['effect'] > 0)).sum())} in silico, "
+        f"{int(((g['de_q'] < 0.05) & (g['de_score'] > 0)).sum())} by DE; ranked by "
+        f"{res['method']}; wrote "
         f"{out / 'targets.tsv'} and {out / 'report.html'}"
     )
     typer.echo(res["verdict"])
