@@ -25,8 +25,19 @@ OUT = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Output folder: resumable scan parts, the ranked TSV and the HTML report. "
-        "Re-running with the same folder resumes after the finished cells.",
+        help="Output folder: targets.tsv (ranked genes, '#' header lines with the test, the DE "
+        "baseline and the verdict), report.html, pairs.tsv, manifest.json and the resumable "
+        "scan parts (scan/). Continue a killed run with --resume.",
+    ),
+]
+PERTURB_OUT = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output folder: perturb_genes.tsv (one row per gene), responders.tsv (with "
+        "--gene-shifts) and the resumable scan parts (scan/); no HTML report. Re-running with "
+        "the same folder resumes after the finished cells.",
     ),
 ]
 KIND = Annotated[str, typer.Option(help="delete, overexpress or knockdown.")]
@@ -43,7 +54,7 @@ MAX_TOKENS = Annotated[
 def perturb(
     data: H5AD,
     model: MODEL,
-    out: OUT,
+    out: PERTURB_OUT,
     genes: Annotated[
         str | None,
         typer.Option(
@@ -112,7 +123,9 @@ def targets(
     out: OUT,
     label_key: Annotated[str, typer.Option(help=".obs column holding the states.")],
     start: Annotated[str, typer.Option(help="Label of the start state (e.g. disease, ctrl).")],
-    goal: Annotated[str, typer.Option(help="Label of the goal state (e.g. healthy, stim).")],
+    goal: Annotated[
+        str, typer.Option(help="Label of the goal state (e.g. healthy, stim); not --start.")
+    ],
     kind: KIND = "overexpress",
     fraction: FRACTION = 1.0,
     genes: Annotated[
@@ -122,48 +135,109 @@ def targets(
         ),
     ] = None,
     donor_key: Annotated[
-        str | None, typer.Option(help=".obs column with donors (donor-level statistics).")
+        str | None,
+        typer.Option(
+            help=".obs column with donors or samples: the unit of the test (paired within "
+            "donors, or among donors). Without it cells are split into random "
+            "pseudo-replicates, which is anti-conservative when cells come from few donors."
+        ),
     ] = None,
-    n_cells: Annotated[int, typer.Option(help="Start cells sampled for the scan.")] = 200,
+    groupby: Annotated[
+        str | None,
+        typer.Option(help=".obs column (e.g. cell_type): run the search per group."),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Ranking of the 'rank' column: auto (whichever agrees better with the held-out "
+            "expression shift), insilico (the model) or de (pseudobulk differential expression)."
+        ),
+    ] = "auto",
+    n_cells: Annotated[int, typer.Option(help="Cells scanned per state.")] = 100,
     min_detection: Annotated[
         float, typer.Option(help="Candidates: genes detected in at least this share of cells.")
     ] = 0.05,
     max_candidates: Annotated[int, typer.Option(help="At most this many candidate genes.")] = 2000,
     n_null: Annotated[int, typer.Option(help="Matched random genes per gene in the null.")] = 20,
+    n_permutations: Annotated[
+        int, typer.Option(help="Label permutations when there are more possible labellings.")
+    ] = 2000,
     pairs_top: Annotated[
         int, typer.Option(help="Also score all pairs of the top N genes (0 = none).")
     ] = 0,
-    seed: Annotated[int, typer.Option(help="Seed for the cell sample and the null genes.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed for units, cell sample, null genes and permutations.")
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out (refused if the data, weights or settings differ).",
+        ),
+    ] = False,
     layer: LAYER = None,
     max_tokens: MAX_TOKENS = 32_768,
     device: DEVICE = "auto",
 ) -> None:
-    """Rank genes whose perturbation moves start cells toward the goal state (targets.tsv, report.html)."""
+    """Rank genes whose perturbation moves start cells toward the goal state, next to a DE ranking.
+
+    Writes targets.tsv and report.html to --out. p-values come from a label-permutation test over
+    donors (--donor-key) or cell pseudo-replicates; FDR is Benjamini-Hochberg.
+    """
     import anndata as ad
 
+    from lifelm._core.errors import OutputError
+    from lifelm._core.runfolder import atomic_output, ensure_manifest, lock_folder
     from lifelm.reports.perturbation import targets_report
-    from lifelm.tasks.cells.targets import rank_targets
+    from lifelm.tasks.cells.targets import rank_targets, write_targets
 
-    adata = ad.read_h5ad(data)
     gene_list = [g.strip() for g in genes.split(",") if g.strip()] if genes else None
-    rank_targets(
-        adata, model, label_key=label_key, start=start, goal=goal, kind=kind,  # type: ignore[arg-type]
-        fraction=fraction, genes=gene_list, donor_key=donor_key, n_cells=n_cells,
-        min_detection=min_detection, max_candidates=max_candidates, n_null=n_null,
-        pairs_top=pairs_top, layer=layer, max_tokens=max_tokens, out_dir=out / "scan",
-        seed=seed, device=device,
-    )  # fmt: skip
-    res = adata.uns["lifelm_targets"]
-    out.mkdir(parents=True, exist_ok=True)
-    res["genes"].to_csv(out / "targets.tsv", sep="\t", index=False)
-    if "pairs" in res:
-        res["pairs"].to_csv(out / "pairs.tsv", sep="\t", index=False)
-    targets_report(res, out / "report.html")
-    n_sig = int((res["genes"]["q"] < 0.05).sum())
+    settings = {
+        "label_key": label_key, "start": start, "goal": goal, "kind": kind,
+        "fraction": fraction, "genes": gene_list, "donor_key": donor_key, "groupby": groupby,
+        "method": method, "n_cells": n_cells, "min_detection": min_detection,
+        "max_candidates": max_candidates, "n_null": n_null, "n_permutations": n_permutations,
+        "pairs_top": pairs_top, "seed": seed, "layer": layer,
+    }  # fmt: skip
+    inputs = {
+        "data": data,
+        "model_weights": model / "model.safetensors",
+        "model_config": model / "config.json",
+    }
+    with lock_folder(out):
+        if not resume and (out / "scan").exists():
+            raise OutputError(
+                f"{out}: holds a previous targets run; pass --resume to continue it (same data, "
+                "weights and settings) or choose another --out folder."
+            )
+        ensure_manifest(out, job="cells.targets", inputs=inputs, settings=settings, resume=resume)
+        adata = ad.read_h5ad(data)
+        rank_targets(
+            adata, model, label_key=label_key, start=start, goal=goal, kind=kind,  # type: ignore[arg-type]
+            fraction=fraction, genes=gene_list, donor_key=donor_key, groupby=groupby,
+            method=method, n_cells=n_cells, min_detection=min_detection,
+            max_candidates=max_candidates, n_null=n_null, n_permutations=n_permutations,
+            pairs_top=pairs_top, layer=layer, max_tokens=max_tokens, out_dir=out / "scan",
+            seed=seed, device=device,
+        )  # fmt: skip
+        res = adata.uns["lifelm_targets"]
+        write_targets(res, out / "targets.tsv")
+        if "pairs" in res:
+            with atomic_output(out / "pairs.tsv") as tmp:
+                res["pairs"].to_csv(tmp, sep="\t", index=False)
+        with atomic_output(out / "report.html") as tmp:
+            targets_report(res, tmp)
+    for w in res["warnings"]:
+        typer.echo(f"warning: {w}", err=True)
+    g = res["genes"]
     typer.echo(
-        f"{len(res['genes'])} candidates, {n_sig} at FDR < 0.05; wrote {out / 'targets.tsv'} "
-        f"and {out / 'report.html'}"
+        f"{len(g)} candidates; FDR < 0.05 toward the goal: "
+        f"{int(((g['q'] < 0.05) & (g['effect'] > 0)).sum())} in silico, "
+        f"{int(((g['de_q'] < 0.05) & (g['de_score'] > 0)).sum())} by DE; ranked by "
+        f"{res['method']}; wrote "
+        f"{out / 'targets.tsv'} and {out / 'report.html'}"
     )
+    typer.echo(res["verdict"])
 
 
 def register(app: typer.Typer) -> None:

@@ -220,6 +220,17 @@ def genetic_validation(
     return per, summary
 
 
+def _donors_in_both(
+    adata: ad.AnnData, donor_key: str | None, label_key: str, start: str, goal: str
+) -> bool:
+    """True when every start and goal cell has a donor (else targets tests pseudo-replicates)."""
+    if not donor_key or donor_key not in adata.obs:
+        return False
+    lab = adata.obs[label_key].astype(str)
+    cells = adata.obs.loc[lab.isin([str(start), str(goal)]), donor_key]
+    return bool(cells.notna().all())
+
+
 def kang_validation(
     adata: ad.AnnData,
     model: CellModel,
@@ -248,7 +259,7 @@ def kang_validation(
     out = rank_targets(
         adata, model, label_key=label_key, start=start, goal=goal, kind="overexpress",
         n_cells=n_cells, max_candidates=max_candidates, n_null=n_null, seed=seed,
-        donor_key=donor_key if donor_key in adata.obs else None,
+        donor_key=donor_key if _donors_in_both(adata, donor_key, label_key, start, goal) else None,
         device=str(next(model.trunk.parameters()).device), copy=True, progress=progress,
     )  # fmt: skip
     table = out.uns["lifelm_targets"]["genes"].copy()
