@@ -17,6 +17,7 @@ from lifelm.cli.bench import app as bench_app
 from lifelm.cli.cells import app as cells_app
 from lifelm.cli.demo import demo
 from lifelm.cli.genomes import app as genomes_app
+from lifelm.cli.wetware import app as wetware_app
 
 app = typer.Typer(
     name="lifelm",
@@ -41,6 +42,7 @@ def _options(
 app.add_typer(cells_app, name="cells")
 app.add_typer(genomes_app, name="genomes")
 app.add_typer(bench_app, name="bench")
+app.add_typer(wetware_app, name="wetware")
 app.command("demo")(demo)
 
 

@@ -134,13 +134,12 @@ def synth_trace(
     ``stim`` lists ``(t_ms, electrode, artefact_uV)``: a decaying artefact on that electrode and,
     scaled by 1/distance rank, on the others; the amplifier is blanked for ``blank_ms``.
     """
-    from scipy.signal import butter, sosfiltfilt
+    from scipy.signal import butter, sosfilt
 
     fs = cfg.sample_rate_hz
     n_el = gain.shape[0]
     n_s = int(n_ms * fs / 1000)
-    band_frac = (cfg.band_hz[1] - cfg.band_hz[0]) / (fs / 2)
-    raw = rng.standard_normal((n_el, n_s)) * (cfg.noise_uV / np.sqrt(band_frac))
+    raw = np.zeros((n_el, n_s))
     tmpl = spike_template(cfg)
     lead = int(1e-3 * fs)  # template trough at 1 ms
     if spike_t.size:
@@ -163,10 +162,17 @@ def synth_trace(
             raw[e, s0:] += art * scale * np.exp(-tt / artefact_tau_ms)
         blank[:, s0 : s0 + int(blank_ms * fs / 1000)] = True
     sos = butter(2, cfg.band_hz, btype="bandpass", fs=fs, output="sos")
-    out = sosfiltfilt(sos, raw, axis=1)
+    noise = sosfilt(sos, rng.standard_normal((n_el, n_s)), axis=1)  # causal, like the amplifier
+    noise *= cfg.noise_uV / noise.std(axis=1, keepdims=True)  # band-limited, noise_uV rms
+    out = sosfilt(sos, raw, axis=1) + noise
     out = np.round(out / cfg.adc_step_uV) * cfg.adc_step_uV  # 16-bit ADC step
     out[blank] = 0.0
     return out
+
+
+def mad_sd(x: np.ndarray) -> float:
+    """Robust noise SD of a trace segment: ``median(|x|) / 0.6745``."""
+    return float(np.median(np.abs(x)) / 0.6745)
 
 
 def detect_trace(
@@ -193,7 +199,7 @@ def detect_trace(
         thr = np.empty(n_s)
         for s0 in range(0, n_s, win):
             seg = x[s0 : s0 + win]
-            sd = np.median(np.abs(seg)) / 0.6745 if dynamic else cfg.noise_uV
+            sd = mad_sd(seg) if dynamic else cfg.noise_uV
             thr[s0 : s0 + win] = -cfg.threshold_sd * max(sd, 1e-9)
         below = x < thr
         onsets = np.flatnonzero(below[1:] & ~below[:-1]) + 1

@@ -501,6 +501,7 @@ class Neuroplatform:
         if not 1 <= n_ms <= 600_000:
             raise WetwareError(f"window of {n_ms} ms outside 1-600,000 ms")
         sites = self._check_alive(b)
+        self.clock.pace_start()
         start = float(self.clock.t_ms)
         ts, chs, amps = [], [], []
         spikes: dict[int, StepResult] = {}

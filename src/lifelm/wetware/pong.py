@@ -54,7 +54,7 @@ class PongConfig:
     motor_up: tuple[int, ...] = (4, 5)
     motor_down: tuple[int, ...] = (6, 7)
     paddle_height: float = 0.3
-    ball_speed: float = 0.5  # field widths per second
+    ball_speed: float = 1.0  # field widths per second
     paddle_gain: float = 0.02  # field heights per tick per unit of normalised count difference
     amplitude_uA: float = 1.5
     phase_us: float = 200.0
@@ -236,3 +236,28 @@ def _feedback_miss(
         k = int(t // cfg.tick_ms)
         out[k].append(_pulse(int(rng.choice(sensory)), t - k * cfg.tick_ms, cfg))
     return out
+
+
+def run_local(
+    config: PongConfig,
+    *,
+    platform: str = "finalspark-4x8",
+    n_neurons: int | None = None,
+    seed: int = 0,
+    age_days: float = 1.0,
+) -> PongResult:
+    """Book site 0 of a fresh in-process platform (organoid aged ``age_days``) and play a game."""
+    from lifelm.wetware.config import preset
+    from lifelm.wetware.platform import LocalSession, Neuroplatform
+
+    overrides: dict[str, object] = {"n_sites": 1}
+    if n_neurons is not None:
+        overrides["n_neurons"] = n_neurons
+    plat = Neuroplatform(preset(platform, **overrides), seed=seed)
+    plat.advance_days(age_days)
+    tok = plat.book(plat.site_electrodes(0)).token
+    plat.start(tok)
+    try:
+        return play_pong(LocalSession(plat, tok), config, seed=seed)
+    finally:
+        plat.stop(tok)
