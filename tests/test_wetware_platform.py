@@ -237,3 +237,29 @@ def test_realtime_clock_pads_to_the_wall_clock() -> None:
     t0 = time.monotonic()
     plat.record(tok, 300)
     assert time.monotonic() - t0 >= 0.29
+
+
+def test_stimparam_upload_takes_the_configured_latency() -> None:
+    plat = Neuroplatform(preset("tiny", n_neurons=60, upload_latency_s=10.0), seed=0)
+    tok = plat.book([0, 1]).token
+    plat.start(tok)
+    t0 = plat.clock.t_ms
+    plat.send_stimparam(tok, [StimParam(index=0), StimParam(index=0, trigger_key=2)])
+    assert plat.clock.t_ms - t0 == 10_000  # the ~10 s headstage upload
+    assert plat.stimparams[0].trigger_key == 2  # one StimParam per electrode: the last one wins
+
+
+def test_early_bursting_phase_after_plating() -> None:
+    """Notes A1: an initial bursting phase after plating (users wait a few hours)."""
+    from lifelm.wetware.analysis import network_bursts
+
+    counts = {}
+    for label, days in (("early", 0.0), ("plateau", 1.0)):
+        plat = Neuroplatform(preset("tiny", n_neurons=300), seed=5)
+        plat.advance_days(days)
+        tok = plat.book(list(range(8))).token
+        plat.start(tok)
+        plat.record(tok, 500)
+        sp = plat.record(tok, 15_000).spikes[0]
+        counts[label] = network_bursts(sp.times_ms, 300, 15_000).size
+    assert counts["early"] > counts["plateau"], counts
