@@ -81,6 +81,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "cells",
         "genomes",
     ),
+    "wetware": ("evaluation", "reports", "cli", "service", "cells", "genomes"),
 }
 FORBIDDEN_THIRD_PARTY = {"models": ("anndata", "pandas", "h5py", "scanpy")}
 

@@ -19,6 +19,7 @@ from lifelm.cli.demo import demo
 from lifelm.cli.genomes import app as genomes_app
 from lifelm.cli.remote import app as remote_app
 from lifelm.cli.serve import app as serve_app
+from lifelm.cli.wetware import app as wetware_app
 
 app = typer.Typer(
     name="lifelm",
@@ -45,6 +46,7 @@ app.add_typer(genomes_app, name="genomes")
 app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")
 app.add_typer(remote_app, name="remote")
+app.add_typer(wetware_app, name="wetware")
 app.command("demo")(demo)
 
 
