@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lifelm._core.errors import InputError
+
 log = logging.getLogger("lifelm")
 
 
@@ -33,7 +35,15 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``"auto"``/``None`` picks CUDA when present, else CPU; anything else is passed to torch."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(
+            f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device!r}: no CUDA device here; use --device cpu or auto.")
+    return dev
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
