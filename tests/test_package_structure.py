@@ -67,6 +67,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "evaluation": ("cli", "service"),
     "reports": ("cli", "service", "training"),
     "testing": ("cli", "service"),
+    "lab": ("cli", "service"),
 }
 FORBIDDEN_THIRD_PARTY = {"models": ("anndata", "pandas", "h5py", "scanpy")}
 

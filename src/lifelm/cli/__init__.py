@@ -17,6 +17,7 @@ from lifelm.cli.bench import app as bench_app
 from lifelm.cli.cells import app as cells_app
 from lifelm.cli.demo import demo
 from lifelm.cli.genomes import app as genomes_app
+from lifelm.cli.lab import app as lab_app
 
 app = typer.Typer(
     name="lifelm",
@@ -42,6 +43,7 @@ app.add_typer(cells_app, name="cells")
 app.add_typer(genomes_app, name="genomes")
 app.add_typer(bench_app, name="bench")
 app.command("demo")(demo)
+app.add_typer(lab_app, name="lab")
 
 
 @app.command("version")
