@@ -245,3 +245,31 @@ def test_round_folders_hold_protocol_and_results(tmp_path: Path) -> None:
     assert state["rounds_done"] == 2
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["settings"]["screen_digest"] == screen.digest()
+
+
+def test_expression_features_and_de_evidence_on_synthetic_cells() -> None:
+    from lifelm.lab import expression_features
+    from lifelm.lab.evidence import coexpression_centrality, differential_expression
+    from lifelm.testing.synthetic import synthetic_cells
+
+    adata = synthetic_cells(n_cells=300, n_genes=200, n_types=3, seed=1)
+    symbols = adata.var["gene_symbol"].astype(str).tolist()
+    feats = expression_features([*symbols[:150], "NOT_A_GENE"], adata, n_components=4)
+    assert feats.matrix.shape == (151, 7)
+    assert feats.matrix[-1].tolist() == [0.0] * 7  # absent gene: zeros, present flag 0
+    assert feats.matrix[:150, 0].mean() > 0.5
+    adata.var_names = symbols
+    score, test = differential_expression(adata, key="cell_type", groups=("type_0", "type_1"))
+    assert "Wilcoxon" in test
+    lab = adata.obs["cell_type"].astype(str).to_numpy()
+    x = adata.X.toarray() / adata.X.sum(axis=1).A
+    diff = np.abs(x[lab == "type_0"].mean(0) - x[lab == "type_1"].mean(0))
+    top = np.argsort(-score.to_numpy())[:10]
+    assert np.median(diff[top]) > 3 * np.median(diff)  # the test ranks real differences first
+    _, test_pb = differential_expression(
+        adata, key="cell_type", groups=("type_0", "type_1"), donor_key="batch"
+    )
+    assert "pseudobulk" in test_pb
+    cent = coexpression_centrality(adata, list(score.index[top]))
+    assert cent.between(0, 1).all()
+    assert cent[score.index[top]].mean() > cent.median()
