@@ -164,6 +164,9 @@ def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
         )
     with pytest.raises(InputError, match="larger than the pool"):
         run_loop(screen, tmp_path / "b", config=CFG, features=feats, pool=list(screen.genes[:50]))
+    no_hits = [g for g in screen.genes if g not in screen.hits]
+    with pytest.raises(InputError, match="none of the"):
+        run_loop(screen, tmp_path / "c", config=CFG, features=feats, pool=no_hits)
     with pytest.raises(InputError, match="unknown strategy"):
         LoopConfig(strategy="oracle")
     f = tmp_path / "screen.csv"

@@ -110,6 +110,11 @@ def _check_pool(
     if dup:
         raise InputError(f"the pool lists genes twice: {', '.join(dup[:5])}")
     lab.check_pool(genes)
+    if not screen.hits & set(genes):
+        raise InputError(
+            f"the pool holds none of the {len(screen.hits)} hits of screen {screen.name}; "
+            "a discovery curve needs hits to find. Widen the pool."
+        )
     if config.budget > len(genes):
         raise InputError(
             f"budget of {config.rounds} rounds × {config.batch_size} = {config.budget} experiments "
