@@ -4,8 +4,8 @@ Protocol (fixed here, so any screen file of the same format runs unchanged):
 
 * screens: BioDiscoveryAgent's tables in ``shared/data/screens/biodiscoveryagent`` (gene scores and
   the authors' hit lists); the direction sought is fixed per screen below;
-* pool: every gene of the screen; rounds of ``BATCH`` = 128 genes, ``ROUNDS`` = 5 rounds
-  (as BioDiscoveryAgent reports); seeds 0..``SEEDS``-1 (a seed fixes the shared random first round,
+* pool: every gene of the screen; ``ROUNDS`` = 5 rounds of ``BATCH`` = 128 genes (BioDiscoveryAgent's
+  batch size; 640 of ~18,000 genes, 3.5 % of the screen); seeds 0..``SEEDS``-1 (a seed fixes the shared random first round,
   the forest and the Thompson draws);
 * measure: hit ratio after each round = share of the authors' hits found so far;
 * features: ``expression``/``coexpression`` from PBMC 3k (10x, 2,638 cells, the T-cell screens'

@@ -160,12 +160,8 @@ class PyLabRobotLab:
             "backend": self.name,
             "round": int(round_index),
             "engine": "pylabrobot " + _plr_version(),
-            "liquid_handler": type(self._lh()).__name__
-            if self._lh_backend
-            else "LiquidHandlerChatterboxBackend",
-            "plate_reader": type(self._pr()).__name__
-            if self._pr_backend
-            else "PlateReaderChatterboxBackend",
+            "liquid_handler": ops[0]["liquid_handler_backend"],
+            "plate_reader": ops[0]["plate_reader_backend"],
             "deck": "STARLetDeck",
             "n_experiments": len(genes),
             "layout": layout.drop(columns=["reading"]).to_dict(orient="records"),
@@ -242,7 +238,11 @@ class PyLabRobotLab:
         try:
             await lh.setup()
             await reader.setup()
-            record("setup", devices=["liquid_handler", "plate_reader"])
+            record(
+                "setup",
+                liquid_handler_backend=type(lh.backend).__name__,
+                plate_reader_backend=type(reader_backend).__name__,
+            )
             for p in plates:
                 grp = layout[layout.plate == p]
                 src, dst = sources[p], assays[p]
