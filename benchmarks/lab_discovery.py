@@ -45,7 +45,15 @@ EXPRESSION = "singlecell/pbmc3k/pbmc3k_seurat_counts.h5ad"
 FULL_SOURCES = ("expression", "coexpression", "neighbours")
 
 
-def run(data: Path, out: Path, *, screens: list[str], seeds: int, ablation: bool) -> pd.DataFrame:
+def run(
+    data: Path,
+    out: Path,
+    *,
+    screens: list[str],
+    seeds: int,
+    ablation: bool,
+    strategies: tuple[str, ...] = STRATEGIES,
+) -> pd.DataFrame:
     import anndata as ad
 
     adata = ad.read_h5ad(data / EXPRESSION)
@@ -60,7 +68,7 @@ def run(data: Path, out: Path, *, screens: list[str], seeds: int, ablation: bool
             direction=SCREENS[name],
         )
         feats = expression_features(screen.genes, adata)
-        runs = [(s, FULL_SOURCES) for s in STRATEGIES]
+        runs = [(s, FULL_SOURCES) for s in strategies]
         if ablation:
             runs += [
                 ("greedy", tuple(x for x in FULL_SOURCES if x != drop)) for drop in FULL_SOURCES
@@ -159,8 +167,16 @@ def main() -> None:
     p.add_argument("--screens", nargs="+", default=DEFAULT_SCREENS, choices=list(SCREENS))
     p.add_argument("--seeds", type=int, default=SEEDS)
     p.add_argument("--no-ablation", action="store_true")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     a = p.parse_args()
-    df = run(a.data, a.out, screens=a.screens, seeds=a.seeds, ablation=not a.no_ablation)
+    df = run(
+        a.data,
+        a.out,
+        screens=a.screens,
+        seeds=a.seeds,
+        ablation=not a.no_ablation,
+        strategies=tuple(a.strategies),
+    )
     text = tables(df)
     (a.out / "table.md").write_text(text)
     print(text)
