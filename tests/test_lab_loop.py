@@ -276,3 +276,12 @@ def test_expression_features_and_de_evidence_on_synthetic_cells() -> None:
     cent = coexpression_centrality(adata, list(score.index[top]))
     assert cent.between(0, 1).all()
     assert cent[score.index[top]].mean() > cent.median()
+
+
+def test_learned_combination_leaves_out_sources_missing_on_tested_genes() -> None:
+    genes = [f"G{i}" for i in range(100)]
+    observed = pd.Series(np.arange(60, dtype=float), index=genes[:60])
+    predicted = pd.Series(np.linspace(0, 1, 40), index=genes[60:])  # untested genes only
+    t = evidence_table(genes, observed_effect=observed, predicted_effect=predicted)
+    assert t["learned"].isna().all()
+    assert "left out: predicted_effect" in t.learned_note.iloc[0]

@@ -16,8 +16,10 @@ Scores (column ``score:<source>``):
   in-silico perturbation score, or the response model's predicted effect).
 
 Aggregates: ``rank_mean`` (mean of the available scores) and ``learned`` (logistic regression of
-"tested and among the top decile of measured effects" on the other scores, fitted on the tested
-genes only; NaN with a note in ``learned_note`` when fewer than 5 positives exist).
+"tested and among the top decile of measured effects" on the other scores that cover most tested
+genes, fitted on the tested genes only; NaN with a note in ``learned_note`` when fewer than 5
+positives exist or no other source scores the tested genes; the loop's predicted effect exists
+for untested genes only, so it enters ``rank_mean`` but not ``learned``).
 """
 
 from __future__ import annotations
@@ -170,11 +172,22 @@ def _learned(
     from sklearn.linear_model import LogisticRegression
 
     nan = np.full(len(genes), np.nan)
-    others = {k: v for k, v in cols.items() if k != "prior_hits"}
-    if observed is None or not others:
-        return nan, "no learned combination: needs observed effects and another evidence source"
+    if observed is None:
+        return nan, "no learned combination: needs observed effects"
     obs = pd.Series(observed, dtype=float).reindex(genes)
     tested = obs.notna().to_numpy()
+    # only sources that score most tested genes can be weighed on them (the loop's predicted
+    # effect exists for untested genes only, so it cannot enter the learned combination)
+    others = {
+        k: v
+        for k, v in cols.items()
+        if k != "prior_hits" and tested.any() and np.isfinite(v[tested]).mean() >= 0.5
+    }
+    left = sorted(set(cols) - set(others) - {"prior_hits"})
+    if not others:
+        return nan, "no learned combination: no other source scores the tested genes" + (
+            f" (left out: {', '.join(left)})" if left else ""
+        )
     y = (obs >= obs.quantile(0.9)).to_numpy() & tested
     if y.sum() < 5 or (tested & ~y).sum() < 5:
         return nan, "no learned combination: fewer than 5 tested hits or non-hits"
