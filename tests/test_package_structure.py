@@ -82,6 +82,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "genomes",
     ),
     "wetware": ("evaluation", "reports", "cli", "service", "cells", "genomes"),
+    "lab": ("cli", "service"),
 }
 FORBIDDEN_THIRD_PARTY = {"models": ("anndata", "pandas", "h5py", "scanpy")}
 

@@ -17,6 +17,7 @@ from lifelm.cli.bench import app as bench_app
 from lifelm.cli.cells import app as cells_app
 from lifelm.cli.demo import demo
 from lifelm.cli.genomes import app as genomes_app
+from lifelm.cli.lab import app as lab_app
 from lifelm.cli.remote import app as remote_app
 from lifelm.cli.serve import app as serve_app
 from lifelm.cli.wetware import app as wetware_app
@@ -48,6 +49,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(remote_app, name="remote")
 app.add_typer(wetware_app, name="wetware")
 app.command("demo")(demo)
+app.add_typer(lab_app, name="lab")
 
 
 @app.command("version")
