@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from lifelm.data.genomes.align import Reference
@@ -188,11 +187,9 @@ def test_mismatched_checkpoint_is_an_error(tmp_path, model) -> None:
 
 
 def test_cli_generate_embed_score(tmp_path, model, genomes) -> None:
-    from lifelm.cli import genomes_models
+    from lifelm.cli.genomes import app
     from lifelm.io.checkpoint import save_checkpoint
 
-    app = typer.Typer()
-    genomes_models.register(app)
     ckpt = save_checkpoint(tmp_path / "m", model.state_dict(), model_sidecar(model.cfg))
     fasta = tmp_path / "g.fasta"
     fasta.write_text(f">d614g\n{genomes['d614g']}\n")
@@ -201,6 +198,7 @@ def test_cli_generate_embed_score(tmp_path, model, genomes) -> None:
         app,
         [
             "generate",
+            "-m",
             str(ckpt),
             "-o",
             str(tmp_path / "gen.fasta"),
@@ -217,13 +215,24 @@ def test_cli_generate_embed_score(tmp_path, model, genomes) -> None:
     assert r.exit_code == 0, r.output
     assert (tmp_path / "gen.fasta").read_text().count(">") == 2
     r = runner.invoke(
-        app, ["embed", str(ckpt), str(fasta), "-o", str(tmp_path / "emb.tsv"), "--device", "cpu"]
+        app,
+        ["embed", str(fasta), "-m", str(ckpt), "-o", str(tmp_path / "emb.tsv"), "--device", "cpu"],
     )
     assert r.exit_code == 0, r.output
     emb = pd.read_csv(tmp_path / "emb.tsv", sep="\t")
     assert emb["seqName"].tolist() == ["d614g"]
     r = runner.invoke(
-        app, ["score", str(ckpt), str(fasta), "-o", str(tmp_path / "score.tsv"), "--device", "cpu"]
+        app,
+        [
+            "score",
+            str(fasta),
+            "-m",
+            str(ckpt),
+            "-o",
+            str(tmp_path / "score.tsv"),
+            "--device",
+            "cpu",
+        ],
     )
     assert r.exit_code == 0, r.output
     muts = pd.read_csv(tmp_path / "score.mutations.tsv", sep="\t")

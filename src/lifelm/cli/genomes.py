@@ -1,15 +1,26 @@
-"""``lifelm genomes …``: codon language models of genomes.
+"""``lifelm genomes …``: genome QC and mutations, and codon language models.
 
-Commands are registered from two modules: ``genomes_seq`` (qc, mutations: sequence work) and
-``genomes_models`` (pretrain, finetune, embed, lineages, score, generate: model work).
+The commands are module-level functions in ``genomes_seq`` (qc, mutations: sequence work) and
+``genomes_models`` (pretrain, finetune, embed, lineages, score, perplexity, generate).
 """
 
 from __future__ import annotations
 
 import typer
 
-from lifelm.cli import genomes_models, genomes_seq
+from lifelm.cli import genomes_models as models
+from lifelm.cli import genomes_seq as seq
 
 app = typer.Typer(help="Genomes: QC, mutations, codon language models.", no_args_is_help=True)
-genomes_seq.register(app)
-genomes_models.register(app)
+for name, fn in [
+    ("qc", seq.qc),
+    ("mutations", seq.mutations),
+    ("pretrain", models.pretrain),
+    ("finetune", models.finetune),
+    ("embed", models.embed),
+    ("lineages", models.lineages),
+    ("score", models.score),
+    ("perplexity", models.perplexity),
+    ("generate", models.generate),
+]:
+    app.command(name)(fn)

@@ -1,344 +1,402 @@
-"""``lifelm genomes`` model commands: pretrain, finetune, embed, lineages, score, generate, perplexity.
+"""``lifelm genomes`` model commands: pretrain, finetune, embed, lineages, score, perplexity, generate.
 
-Thin wrappers over ``lifelm.tasks.genomes``; outputs are TSV (or JSON) keyed by ``seqName`` so
-they join to Nextclade's tables.
+Thin wrappers over ``lifelm.tasks.genomes`` (wired in cli/genomes.py); outputs are TSV (or JSON)
+keyed by ``seqName`` so they join to Nextclade's tables (columns: docs/genomes.md).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from lifelm.cli.options import (
+    AS_JSON,
+    BATCH_SIZE,
+    DEVICE,
+    FASTA,
+    LR,
+    MODEL,
+    OUT_DIR,
+    OUT_FILE,
+    RESUME,
+    SEED,
+    STEPS,
+    Device,
+)
 
-def _write(df, out: Path, as_json: bool) -> None:
-    from lifelm.tasks.genomes.output import write_table
 
-    write_table(df, out, as_json=as_json)
-    typer.echo(f"wrote {len(df)} rows to {out}")
+class FinetuneMode(StrEnum):
+    """How a genome becomes training documents."""
 
-
-def _check(out: Path) -> None:
-    from lifelm.tasks.genomes.output import check_table_path
-
-    check_table_path(out)
+    orf = "orf"
+    genome = "genome"
 
 
-def _train_config(steps, batch_size, lr, warmup, checkpoint_every, seed, device):
+class LineageMethod(StrEnum):
+    """Which classifier writes the labels."""
+
+    auto = "auto"
+    model = "model"
+    hamming_nn = "hamming_nn"
+    kmer_logreg = "kmer_logreg"
+
+
+class Probe(StrEnum):
+    """The model's classifier on embeddings."""
+
+    logreg = "logreg"
+    knn = "knn"
+
+
+class EmptyLabels(StrEnum):
+    """What an empty label in the reference means."""
+
+    class_ = "class"
+    refuse = "refuse"
+
+
+ANNOTATION = Annotated[
+    Path | None,
+    typer.Option(
+        "--annotation",
+        help="ORF annotation (GFF3/GenBank); default SARS-CoV-2.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+CONTEXT = Annotated[int, typer.Option("--context", min=2, help="Tokens per window.")]
+WARMUP = Annotated[int, typer.Option("--warmup", min=0, help="Linear warmup steps.")]
+CHECKPOINT_EVERY = Annotated[
+    int, typer.Option("--checkpoint-every", min=0, help="Steps between resumable checkpoints.")
+]
+
+
+def _train_config(**kw: object):
     from lifelm.training.loop import TrainConfig
 
-    return TrainConfig(
-        max_steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=warmup,
-        checkpoint_every=checkpoint_every,
-        seed=seed,
-        device=device,
+    return TrainConfig(**kw)  # type: ignore[arg-type]
+
+
+def _done(res) -> None:
+    typer.echo(
+        f"model: {res.model_dir} (step {res.step}, loss {res.final_loss:.4f}, held-out {res.eval_loss})"
     )
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the ``genomes`` app."""
-
-    @app.command("pretrain")
-    def pretrain_cmd(
-        cds: list[Path] = typer.Argument(
-            ...,
+def pretrain(
+    cds: Annotated[
+        list[Path],
+        typer.Argument(
             help="CDS FASTA files (.fasta, .gz, .xz), one gene per record, or one codon-store folder.",
+            exists=True,
         ),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Run folder; the model goes to OUT/model."
-        ),
-        preset: str = typer.Option("tiny", help="Model preset: test, tiny, small, genslm-25m."),
-        row_len: int = typer.Option(512, help="Tokens per packed training row (context length)."),
-        held_out: list[str] = typer.Option(
-            [], "--held-out", help="Source genome label kept out of training (repeatable)."
-        ),
-        max_genes: int | None = typer.Option(
-            None, help="Train on a random subset of this many genes."
-        ),
-        no_dedupe: bool = typer.Option(False, "--no-dedupe", help="Keep near-identical genes."),
-        steps: int = typer.Option(1000, help="Optimizer steps."),
-        batch_size: int = typer.Option(16, help="Rows per step per process."),
-        lr: float = typer.Option(1e-3, help="Peak learning rate."),
-        warmup: int = typer.Option(100, help="Warmup steps."),
-        checkpoint_every: int = typer.Option(200, help="Steps between resumable checkpoints."),
-        seed: int = typer.Option(0, help="Random seed."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-        resume: bool = typer.Option(
-            False, "--resume", help="Continue from the newest checkpoint in OUT."
-        ),
-    ) -> None:
-        """Pretrain a codon language model on gene sequences (torchrun-ready)."""
-        from lifelm.tasks.genomes.train import pretrain
+    ],
+    out: OUT_DIR,
+    preset: Annotated[
+        str, typer.Option(help="Model preset: test, tiny, small, genslm-25m.")
+    ] = "tiny",
+    row_len: Annotated[int, typer.Option(help="Tokens per packed training row (context).")] = 512,
+    held_out: Annotated[
+        list[str], typer.Option("--held-out", help="Source genome label kept out (repeatable).")
+    ] = [],  # noqa: B006 (typer reads the default)
+    max_genes: Annotated[
+        int | None, typer.Option(help="Train on a random subset of this many genes.")
+    ] = None,
+    no_dedupe: Annotated[
+        bool, typer.Option("--no-dedupe", help="Keep near-identical genes.")
+    ] = False,
+    steps: STEPS = 1000,
+    batch_size: BATCH_SIZE = 16,
+    lr: LR = 1e-3,
+    warmup: WARMUP = 100,
+    checkpoint_every: CHECKPOINT_EVERY = 200,
+    seed: SEED = 0,
+    device: DEVICE = Device.auto,
+    resume: RESUME = False,
+) -> None:
+    """Pretrain a codon language model on gene sequences (torchrun-ready); the model goes to OUT/model."""
+    from lifelm.tasks.genomes.train import pretrain as run
 
-        res = pretrain(
-            cds,
-            out,
-            preset=preset,
-            row_len=row_len,
-            held_out_genomes=held_out,
-            dedupe=not no_dedupe,
-            max_genes=max_genes,
-            train_config=_train_config(
-                steps, batch_size, lr, warmup, checkpoint_every, seed, device
-            ),
-            resume=resume,
+    res = run(
+        cds,
+        out,
+        preset=preset,
+        row_len=row_len,
+        held_out_genomes=held_out,
+        dedupe=not no_dedupe,
+        max_genes=max_genes,
+        train_config=_train_config(
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=warmup,
+            checkpoint_every=checkpoint_every,
             seed=seed,
-        )
-        typer.echo(
-            f"model: {res.model_dir} (step {res.step}, loss {res.final_loss:.4f}, held-out {res.eval_loss})"
-        )
+            device=device.value,
+        ),
+        resume=resume,
+        seed=seed,
+    )
+    _done(res)
 
-    @app.command("finetune")
-    def finetune_cmd(
-        init: Path = typer.Argument(
-            ..., help="Checkpoint folder to start from (pretrain's OUT/model or a GenSLM folder)."
-        ),
-        genomes: Path = typer.Argument(..., help="Genome FASTA (reference-aligned or raw)."),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Run folder; the model goes to OUT/model."
-        ),
-        held_out_list: Path | None = typer.Option(
-            None, "--held-out-list", help="File with one seqName per line kept out of training."
-        ),
-        annotation: Path | None = typer.Option(
-            None, help="ORF annotation (GFF3/GenBank); default SARS-CoV-2."
-        ),
-        mode: str = typer.Option(
-            "orf", help="orf: one document per ORF; genome: ORFs joined by [SEP]."
-        ),
-        row_len: int = typer.Option(1024, help="Tokens per packed training row."),
-        steps: int = typer.Option(500, help="Optimizer steps."),
-        batch_size: int = typer.Option(8, help="Rows per step per process."),
-        lr: float = typer.Option(3e-4, help="Peak learning rate."),
-        warmup: int = typer.Option(50, help="Warmup steps."),
-        checkpoint_every: int = typer.Option(100, help="Steps between resumable checkpoints."),
-        seed: int = typer.Option(0, help="Random seed."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-        resume: bool = typer.Option(
-            False, "--resume", help="Continue from the newest checkpoint in OUT."
-        ),
-    ) -> None:
-        """Fine-tune a codon model on genomes, ORF by ORF in the reference frame."""
-        from lifelm.tasks.genomes.train import finetune
 
-        held = held_out_list.read_text().split("\n") if held_out_list else []
-        res = finetune(
-            init,
-            genomes,
-            out,
-            held_out=[h.strip() for h in held if h.strip()],
-            annotation=annotation,
-            mode=mode,
-            row_len=row_len,
-            train_config=_train_config(
-                steps, batch_size, lr, warmup, checkpoint_every, seed, device
-            ),
-            resume=resume,
+def finetune(
+    genomes: FASTA,
+    model: MODEL,
+    out: OUT_DIR,
+    held_out_list: Annotated[
+        Path | None,
+        typer.Option(help="File with one seqName per line kept out of training.", exists=True),
+    ] = None,
+    annotation: ANNOTATION = None,
+    mode: Annotated[
+        FinetuneMode, typer.Option(help="orf: one document per ORF; genome: ORFs joined by [SEP].")
+    ] = FinetuneMode.orf,
+    row_len: Annotated[int, typer.Option(help="Tokens per packed training row.")] = 1024,
+    steps: STEPS = 500,
+    batch_size: BATCH_SIZE = 8,
+    lr: LR = 3e-4,
+    warmup: WARMUP = 50,
+    checkpoint_every: CHECKPOINT_EVERY = 100,
+    seed: SEED = 0,
+    device: DEVICE = Device.auto,
+    resume: RESUME = False,
+) -> None:
+    """Fine-tune a codon model (-m: pretrain's OUT/model or a GenSLM folder) on genomes, ORF by ORF."""
+    from lifelm.tasks.genomes.output import read_name_list
+    from lifelm.tasks.genomes.train import finetune as run
+
+    res = run(
+        model,
+        genomes,
+        out,
+        held_out=read_name_list(held_out_list),
+        annotation=annotation,
+        mode=mode.value,
+        row_len=row_len,
+        train_config=_train_config(
+            max_steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup_steps=warmup,
+            checkpoint_every=checkpoint_every,
             seed=seed,
-        )
-        typer.echo(
-            f"model: {res.model_dir} (step {res.step}, loss {res.final_loss:.4f}, held-out {res.eval_loss})"
-        )
-
-    @app.command("embed")
-    def embed_cmd(
-        model: Path = typer.Argument(..., help="Codon model checkpoint folder."),
-        genomes: Path = typer.Argument(..., help="Genome FASTA (reference-aligned or raw)."),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Output TSV (seqName + emb_0..emb_D) or .npy."
+            device=device.value,
         ),
-        annotation: Path | None = typer.Option(
-            None, help="ORF annotation (GFF3/GenBank); default SARS-CoV-2."
-        ),
-        context: int = typer.Option(1024, help="Tokens per window."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    ) -> None:
-        """Embed genomes: mean hidden state over real codon tokens (batch-independent)."""
-        import numpy as np
-        import pandas as pd
+        resume=resume,
+        seed=seed,
+    )
+    _done(res)
 
-        from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, read_genomes
-        from lifelm.tasks.genomes.embed import embed_genomes
 
-        _check(out)
-        m, _ = load_codon_model(model, device=device)
-        seqs, _ = read_genomes(genomes)
-        emb, table = embed_genomes(m, seqs, orfs=default_orfs(annotation), context=context)
-        if out.suffix == ".npy":
-            from lifelm._core.runfolder import atomic_output
+def embed(
+    genomes: FASTA,
+    model: MODEL,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output TSV (seqName + emb_0..emb_D) or .npy.")
+    ],
+    annotation: ANNOTATION = None,
+    context: CONTEXT = 1024,
+    device: DEVICE = Device.auto,
+) -> None:
+    """Embed genomes: mean hidden state over real codon tokens (batch-independent)."""
+    from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, read_genomes
+    from lifelm.tasks.genomes.embed import embed_genomes
+    from lifelm.tasks.genomes.output import check_table_path, write_embeddings
 
-            with atomic_output(out) as tmp, tmp.open("wb") as fh:
-                np.save(fh, emb)
-            _write(table, out.with_suffix(".tsv"), False)
-            return
-        cols = pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])])
-        _write(pd.concat([table, cols], axis=1), out, False)
+    check_table_path(out)
+    m, _ = load_codon_model(model, device=device.value)
+    seqs, _ = read_genomes(genomes)
+    emb, table = embed_genomes(m, seqs, orfs=default_orfs(annotation), context=context)
+    written = write_embeddings(emb, table, out)
+    typer.echo(f"wrote {len(table)} genomes to {', '.join(map(str, written))}")
 
-    @app.command("lineages")
-    def lineages_cmd(
-        embeddings: Path = typer.Argument(..., help="TSV from `lifelm genomes embed`."),
-        labels: Path = typer.Argument(
-            ...,
+
+def lineages(
+    embeddings: Annotated[
+        Path, typer.Argument(help="TSV from `lifelm genomes embed`.", exists=True, dir_okay=False)
+    ],
+    labels: Annotated[
+        Path,
+        typer.Argument(
             help="TSV with the sequence names (see --id-column) and label columns: the reference. "
             "Genomes not in it are queries.",
+            exists=True,
+            dir_okay=False,
         ),
-        out: Path = typer.Option(..., "--out", "-o", help="Output TSV or JSON of predictions."),
-        genomes: Path | None = typer.Option(
-            None,
+    ],
+    out: OUT_FILE,
+    genomes: Annotated[
+        Path | None,
+        typer.Option(
             "--genomes",
             help="FASTA of the same genomes: the Hamming-NN and 6-mer baselines are fitted on it "
             "next to the model (strongly advised; without it no baseline is shown).",
+            exists=True,
+            dir_okay=False,
         ),
-        column: list[str] = typer.Option(
-            ["clade"], "--column", help="Label column to predict (repeatable)."
+    ] = None,
+    column: Annotated[
+        list[str], typer.Option("--column", help="Label column to predict (repeatable).")
+    ] = ["clade"],  # noqa: B006 (typer reads the default)
+    id_column: Annotated[str, typer.Option(help="Column of LABELS with the sequence name.")] = (
+        "seqName"
+    ),
+    train_list: Annotated[
+        Path | None,
+        typer.Option(
+            help="seqNames (one per line) usable as reference; default: all labelled rows.",
+            exists=True,
         ),
-        id_column: str = typer.Option(
-            "seqName", help="Column of LABELS that holds the sequence name."
+    ] = None,
+    method: Annotated[
+        LineageMethod, typer.Option(help="auto: the best on the held-out part of the reference.")
+    ] = LineageMethod.auto,
+    probe: Annotated[
+        Probe, typer.Option(help="The model's classifier on embeddings.")
+    ] = Probe.logreg,
+    min_confidence: Annotated[
+        float, typer.Option(help="Calibrated probability below which a genome is 'unassigned'.")
+    ] = 0.5,
+    novelty_quantile: Annotated[
+        float,
+        typer.Option(
+            help="Held-out distance quantile of a class beyond which a genome is 'novel'."
         ),
-        train_list: Path | None = typer.Option(
-            None, help="seqNames (one per line) usable as reference; default: all labelled rows."
-        ),
-        method: str = typer.Option(
-            "auto",
-            help="auto (best on the held-out part), model, hamming_nn or kmer_logreg.",
-        ),
-        probe: str = typer.Option("logreg", help="The model's classifier: logreg or knn."),
-        min_confidence: float = typer.Option(
-            0.5, help="Calibrated probability below which a genome is 'unassigned'."
-        ),
-        novelty_quantile: float = typer.Option(
-            0.99,
-            help="Held-out distance quantile of a class beyond which a genome is 'novel'.",
-        ),
-        holdout: float = typer.Option(
-            0.2, help="Share of each class's reference genomes held out to measure accuracy."
-        ),
-        empty_labels: str = typer.Option(
-            "class",
-            help="Empty labels: 'class' keeps them as the class '(none)'; 'refuse' stops with an error.",
-        ),
-        seed: int = typer.Option(0, help="Seed of the held-out split and the probe."),
-        as_json: bool = typer.Option(False, "--json", help="Write JSON (summary + rows)."),
-    ) -> None:
-        """Predict lineage labels with calibrated probabilities, 'unassigned'/'novel' calls and baselines."""
-        from lifelm._core.errors import InputError
-        from lifelm.tasks.genomes.lineages import LineageConfig, lineages_from_files, summary_lines
-        from lifelm.tasks.genomes.output import check_table_path, write_table
+    ] = 0.99,
+    holdout: Annotated[
+        float, typer.Option(help="Share of each class's reference genomes held out for accuracy.")
+    ] = 0.2,
+    empty_labels: Annotated[
+        EmptyLabels,
+        typer.Option(help="class: keep empty labels as the class '(none)'; refuse: an error."),
+    ] = EmptyLabels.class_,
+    seed: SEED = 0,
+    as_json: AS_JSON = False,
+) -> None:
+    """Predict lineage labels with calibrated probabilities, 'unassigned'/'novel' calls and baselines."""
+    from lifelm.tasks.genomes.lineages import LineageConfig, lineages_from_files, summary_lines
+    from lifelm.tasks.genomes.output import check_table_path, write_table
 
-        check_table_path(out)
-        if empty_labels not in ("class", "refuse"):
-            raise InputError(f"--empty-labels must be 'class' or 'refuse', got {empty_labels!r}.")
-        if probe not in ("logreg", "knn"):
-            raise InputError(f"--probe must be 'logreg' or 'knn', got {probe!r}.")
-        cfg = LineageConfig(
-            holdout_fraction=holdout,
-            min_confidence=min_confidence,
-            novelty_quantile=novelty_quantile,
-            empty_labels=empty_labels,  # type: ignore[arg-type]
-            probe=probe,  # type: ignore[arg-type]
-            seed=seed,
-        )
-        table, summary = lineages_from_files(
-            embeddings,
-            labels,
-            columns=column,
-            id_column=id_column,
-            genomes=genomes,
-            train_list=train_list,
-            method=method,
-            config=cfg,
-        )
-        lines = summary_lines(summary)
-        write_table(
-            table,
-            out,
-            as_json=as_json,
-            comments=lines,
-            summary=summary,
-            finite=[f"{c}_prob" for c in column],
-        )
-        for line in lines:
-            typer.echo(line)
-        typer.echo(f"wrote {len(table)} rows to {out}")
+    check_table_path(out)
+    cfg = LineageConfig(
+        holdout_fraction=holdout,
+        min_confidence=min_confidence,
+        novelty_quantile=novelty_quantile,
+        empty_labels=empty_labels.value,  # type: ignore[arg-type]
+        probe=probe.value,  # type: ignore[arg-type]
+        seed=seed,
+    )
+    table, summary = lineages_from_files(
+        embeddings,
+        labels,
+        columns=column,
+        id_column=id_column,
+        genomes=genomes,
+        train_list=train_list,
+        method=method.value,
+        config=cfg,
+    )
+    lines = summary_lines(summary)
+    write_table(
+        table,
+        out,
+        as_json=as_json,
+        comments=lines,
+        summary=summary,
+        finite=[f"{c}_prob" for c in column],
+    )
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"wrote {len(table)} rows to {out}")
 
-    @app.command("score")
-    def score_cmd(
-        model: Path = typer.Argument(..., help="Codon model checkpoint folder."),
-        genomes: Path = typer.Argument(..., help="Genome FASTA (reference-aligned or raw)."),
-        out: Path = typer.Option(
-            ..., "--out", "-o", help="Genome scores TSV; mutations go to OUT with .mutations.tsv."
+
+def score(
+    genomes: FASTA,
+    model: MODEL,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Genome scores TSV; mutations go beside it as OUT.mutations.tsv."
         ),
-        context: int = typer.Option(1024, help="Tokens per window."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-        as_json: bool = typer.Option(False, "--json", help="Write JSON records instead of TSV."),
-    ) -> None:
-        """Genome log-likelihood and, per observed codon substitution, its log-likelihood ratio vs the reference."""
-        from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
-        from lifelm.tasks.genomes.score import score_genomes
+    ],
+    context: CONTEXT = 1024,
+    device: DEVICE = Device.auto,
+    as_json: AS_JSON = False,
+) -> None:
+    """Genome log-likelihood and, per observed codon substitution, its log-likelihood ratio vs the reference."""
+    from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
+    from lifelm.tasks.genomes.output import check_table_path, write_table
+    from lifelm.tasks.genomes.score import score_genomes
 
-        _check(out)
-        m, _ = load_codon_model(model, device=device)
-        seqs, _ = read_genomes(genomes)
-        gt, mt, _ = score_genomes(m, seqs, context=context)
-        _write(gt, out, as_json)
-        _write(
-            mt, out.with_name(out.stem + ".mutations" + (".json" if as_json else ".tsv")), as_json
-        )
+    check_table_path(out)
+    m, _ = load_codon_model(model, device=device.value)
+    seqs, _ = read_genomes(genomes)
+    genome_table, mutation_table, _ = score_genomes(m, seqs, context=context)
+    mutations_out = out.with_name(out.stem + ".mutations" + (".json" if as_json else ".tsv"))
+    write_table(genome_table, out, as_json=as_json)
+    write_table(mutation_table, mutations_out, as_json=as_json)
+    typer.echo(
+        f"wrote {len(genome_table)} genomes to {out}, {len(mutation_table)} to {mutations_out}"
+    )
 
-    @app.command("perplexity")
-    def perplexity_cmd(
-        model: Path = typer.Argument(..., help="Codon model checkpoint folder."),
-        genomes: Path = typer.Argument(..., help="Held-out genome FASTA."),
-        out: Path = typer.Option(..., "--out", "-o", help="Per-ORF perplexity TSV."),
-        context: int = typer.Option(1024, help="Tokens per window."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    ) -> None:
-        """Per-ORF perplexity on held-out genomes (padding and [UNK] excluded)."""
-        from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
-        from lifelm.tasks.genomes.score import perplexity
 
-        _check(out)
-        m, _ = load_codon_model(model, device=device)
-        seqs, _ = read_genomes(genomes)
-        _write(perplexity(m, seqs, context=context), out, False)
+def perplexity(
+    genomes: FASTA,
+    model: MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Per-ORF perplexity TSV.")],
+    context: CONTEXT = 1024,
+    device: DEVICE = Device.auto,
+) -> None:
+    """Per-ORF perplexity on held-out genomes (padding and [UNK] excluded)."""
+    from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
+    from lifelm.tasks.genomes.output import check_table_path, write_table
+    from lifelm.tasks.genomes.score import perplexity as run
 
-    @app.command("generate")
-    def generate_cmd(
-        model: Path = typer.Argument(..., help="Codon model checkpoint folder."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output FASTA (.fasta) or TSV."),
-        n: int = typer.Option(10, help="Sequences to sample."),
-        prompt: str = typer.Option("ATG", help="Leading codons."),
-        temperature: float = typer.Option(1.0, help="Sampling temperature (> 0)."),
-        top_k: int = typer.Option(0, help="Sample among the k likeliest codons (0: all)."),
-        min_codons: int = typer.Option(30, help="No stop codon before this many codons."),
-        max_codons: int = typer.Option(500, help="Length cap; a stop codon is forced here."),
-        seed: int = typer.Option(0, help="Random seed."),
-        device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    ) -> None:
-        """Sample open reading frames (start codon ... stop codon)."""
-        from lifelm.tasks.genomes.codon_lm import load_codon_model
-        from lifelm.tasks.genomes.generate import generate
+    check_table_path(out)
+    m, _ = load_codon_model(model, device=device.value)
+    seqs, _ = read_genomes(genomes)
+    table = run(m, seqs, context=context)
+    write_table(table, out)
+    typer.echo(f"wrote {len(table)} rows to {out}")
 
-        _check(out)
-        m, _ = load_codon_model(model, device=device)
-        df = generate(
-            m,
-            n,
-            prompt=prompt,
-            temperature=temperature,
-            top_k=top_k,
-            min_codons=min_codons,
-            max_codons=max_codons,
-            seed=seed,
-        )
-        if out.suffix in (".fasta", ".fa", ".fna"):
-            from lifelm._core.runfolder import atomic_output
 
-            with atomic_output(out) as tmp:
-                tmp.write_text("".join(f">{r.seqName}\n{r.sequence}\n" for r in df.itertuples()))
-            typer.echo(f"wrote {len(df)} sequences to {out}")
-        else:
-            _write(df, out, False)
+def generate(
+    model: MODEL,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output FASTA (.fasta) or TSV.")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Sequences to sample.")] = 10,
+    prompt: Annotated[str, typer.Option(help="Leading codons.")] = "ATG",
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature (> 0).")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="Sample among the k likeliest (0: all).")] = 0,
+    min_codons: Annotated[int, typer.Option(help="No stop codon before this many codons.")] = 30,
+    max_codons: Annotated[int, typer.Option(help="Length cap; a stop codon is forced here.")] = 500,
+    seed: SEED = 0,
+    device: DEVICE = Device.auto,
+) -> None:
+    """Sample open reading frames (start codon ... stop codon)."""
+    from lifelm.tasks.genomes.codon_lm import load_codon_model
+    from lifelm.tasks.genomes.generate import generate as run
+    from lifelm.tasks.genomes.output import (
+        FASTA_SUFFIXES,
+        TABLE_SUFFIXES,
+        check_table_path,
+        write_sequences,
+    )
+
+    check_table_path(out, suffixes=(*TABLE_SUFFIXES, *FASTA_SUFFIXES))
+    m, _ = load_codon_model(model, device=device.value)
+    df = run(
+        m,
+        n,
+        prompt=prompt,
+        temperature=temperature,
+        top_k=top_k,
+        min_codons=min_codons,
+        max_codons=max_codons,
+        seed=seed,
+    )
+    write_sequences(df, out)
+    typer.echo(f"wrote {len(df)} sequences to {out}")

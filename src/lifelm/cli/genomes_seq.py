@@ -1,4 +1,4 @@
-"""``lifelm genomes qc`` and ``lifelm genomes mutations``: sequence work (see cli/genomes.py)."""
+"""``lifelm genomes qc`` and ``lifelm genomes mutations``: sequence work (wired in cli/genomes.py)."""
 
 from __future__ import annotations
 
@@ -7,53 +7,39 @@ from typing import Annotated
 
 import typer
 
+from lifelm.cli.options import AS_JSON, FASTA, JOBS, OUT_FILE
 
-def _write(df, out: Path, as_json: bool) -> None:
-    from lifelm.tasks.genomes.output import write_table
-
-    write_table(df, out, as_json=as_json)
-    counts = df["qc.overallStatus"].value_counts().to_dict() if len(df) else {}
-    typer.echo(f"wrote {len(df)} rows to {out} (QC: {counts})")
-    uncalled = int((df.get("called", True) == False).sum()) if "called" in df else 0  # noqa: E712
-    if uncalled:
-        typer.echo(
-            f"{uncalled} genome(s) failed a sanity check (too long, not aligned or empty): "
-            "their mutation columns are empty; see qc.reasons."
-        )
-
-
-def _reference(reference: Path | None, annotation: Path | None, no_orf_checks: bool):
-    from lifelm.tasks.genomes.qc import load_reference
-
-    return load_reference(reference, annotation, allow_no_orfs=no_orf_checks)
-
-
-Sequences = Annotated[
-    Path, typer.Argument(help="FASTA of genomes (plain, .gz or .xz).", exists=True)
+METADATA = Annotated[
+    Path | None,
+    typer.Option("--metadata", help="TSV joined by sequence name.", exists=True, dir_okay=False),
 ]
-Out = Annotated[Path, typer.Option("-o", "--out", help="Output table (TSV, or JSON with --json).")]
-Metadata = Annotated[
-    Path | None, typer.Option("--metadata", help="TSV joined by sequence name.", exists=True)
-]
-MetadataKey = Annotated[
+METADATA_KEY = Annotated[
     str | None,
     typer.Option("--metadata-key", help="Metadata column holding the names (default: best match)."),
 ]
-RefFasta = Annotated[
+REFERENCE = Annotated[
     Path | None,
-    typer.Option("--reference", help="Reference FASTA (default: SARS-CoV-2 MN908947.3)."),
+    typer.Option(
+        "--reference",
+        help="Reference FASTA (default: SARS-CoV-2 MN908947.3).",
+        exists=True,
+        dir_okay=False,
+    ),
 ]
-RefAnnotation = Annotated[
-    Path | None, typer.Option("--annotation", help="GFF3 or GenBank ORFs of --reference.")
+ANNOTATION = Annotated[
+    Path | None,
+    typer.Option(
+        "--annotation", help="GFF3 or GenBank ORFs of --reference.", exists=True, dir_okay=False
+    ),
 ]
-NoOrfChecks = Annotated[
+NO_ORF_CHECKS = Annotated[
     bool,
     typer.Option(
         "--no-orf-checks",
         help="Accept a --reference without --annotation (frame-shift and stop-codon rules not run).",
     ),
 ]
-Tree = Annotated[
+TREE = Annotated[
     Path | None,
     typer.Option(
         "--tree",
@@ -62,7 +48,7 @@ Tree = Annotated[
         exists=True,
     ),
 ]
-Pathogen = Annotated[
+PATHOGEN = Annotated[
     Path | None,
     typer.Option(
         "--pathogen-json",
@@ -70,68 +56,77 @@ Pathogen = Annotated[
         exists=True,
     ),
 ]
-Jobs = Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")]
-AsJson = Annotated[bool, typer.Option("--json", help="Write JSON records instead of TSV.")]
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``qc`` and ``mutations`` to the ``genomes`` app."""
+def qc(
+    sequences: FASTA,
+    out: OUT_FILE,
+    metadata: METADATA = None,
+    metadata_key: METADATA_KEY = None,
+    reference: REFERENCE = None,
+    annotation: ANNOTATION = None,
+    no_orf_checks: NO_ORF_CHECKS = False,
+    tree: TREE = None,
+    pathogen_json: PATHOGEN = None,
+    jobs: JOBS = 1,
+    as_json: AS_JSON = False,
+) -> None:
+    """QC each genome with Nextclade's rules and scores: good/mediocre/bad with reasons (docs/genomes.md)."""
+    from lifelm.data.genomes.qc import QcConfig
+    from lifelm.tasks.genomes.output import check_table_path, write_table
+    from lifelm.tasks.genomes.qc import genome_qc, load_reference
 
-    @app.command("qc")
-    def qc(
-        sequences: Sequences,
-        out: Out,
-        metadata: Metadata = None,
-        metadata_key: MetadataKey = None,
-        reference: RefFasta = None,
-        annotation: RefAnnotation = None,
-        no_orf_checks: NoOrfChecks = False,
-        tree: Tree = None,
-        pathogen_json: Pathogen = None,
-        jobs: Jobs = 1,
-        as_json: AsJson = False,
-    ) -> None:
-        """QC each genome with Nextclade's rules and scores: good/mediocre/bad with reasons (docs/genomes.md)."""
-        from lifelm.data.genomes.qc import QcConfig
-        from lifelm.tasks.genomes.output import check_table_path
-        from lifelm.tasks.genomes.qc import genome_qc
+    check_table_path(out)
+    df = genome_qc(
+        sequences,
+        reference=load_reference(reference, annotation, allow_no_orfs=no_orf_checks),
+        config=QcConfig.from_pathogen_json(pathogen_json) if pathogen_json else None,
+        tree=tree,
+        metadata=metadata,
+        metadata_key=metadata_key,
+        n_jobs=jobs,
+        progress=True,
+    )
+    write_table(df, out, as_json=as_json)
+    _report(df, out)
 
-        check_table_path(out)
-        df = genome_qc(
-            sequences,
-            reference=_reference(reference, annotation, no_orf_checks),
-            config=QcConfig.from_pathogen_json(pathogen_json) if pathogen_json else None,
-            tree=tree,
-            metadata=metadata,
-            metadata_key=metadata_key,
-            n_jobs=jobs,
-            progress=True,
-        )
-        _write(df, out, as_json)
 
-    @app.command("mutations")
-    def mutations(
-        sequences: Sequences,
-        out: Out,
-        metadata: Metadata = None,
-        metadata_key: MetadataKey = None,
-        reference: RefFasta = None,
-        annotation: RefAnnotation = None,
-        no_orf_checks: NoOrfChecks = False,
-        jobs: Jobs = 1,
-        as_json: AsJson = False,
-    ) -> None:
-        """Align to the reference (minimap2) and call mutations in Nextclade's notation and columns."""
-        from lifelm.tasks.genomes.mutations import call_mutations
-        from lifelm.tasks.genomes.output import check_table_path
+def mutations(
+    sequences: FASTA,
+    out: OUT_FILE,
+    metadata: METADATA = None,
+    metadata_key: METADATA_KEY = None,
+    reference: REFERENCE = None,
+    annotation: ANNOTATION = None,
+    no_orf_checks: NO_ORF_CHECKS = False,
+    jobs: JOBS = 1,
+    as_json: AS_JSON = False,
+) -> None:
+    """Align to the reference (minimap2) and call mutations in Nextclade's notation and columns."""
+    from lifelm.tasks.genomes.mutations import call_mutations
+    from lifelm.tasks.genomes.output import check_table_path, write_table
+    from lifelm.tasks.genomes.qc import load_reference
 
-        check_table_path(out)
-        df = call_mutations(
-            sequences,
-            reference=_reference(reference, annotation, no_orf_checks),
-            metadata=metadata,
-            metadata_key=metadata_key,
-            n_jobs=jobs,
-            progress=True,
-        )
-        _write(df, out, as_json)
+    check_table_path(out)
+    df = call_mutations(
+        sequences,
+        reference=load_reference(reference, annotation, allow_no_orfs=no_orf_checks),
+        metadata=metadata,
+        metadata_key=metadata_key,
+        n_jobs=jobs,
+        progress=True,
+    )
+    write_table(df, out, as_json=as_json)
+    _report(df, out)
+
+
+def _report(df, out: Path) -> None:
+    counts = df["qc.overallStatus"].value_counts().to_dict() if len(df) else {}
+    typer.echo(f"wrote {len(df)} rows to {out} (QC: {counts})")
+    if "called" in df:
+        uncalled = int((~df["called"].astype(bool)).sum())
+        if uncalled:
+            typer.echo(
+                f"{uncalled} genome(s) failed a sanity check (too long, not aligned or empty): "
+                "their mutation columns are empty; see qc.reasons."
+            )

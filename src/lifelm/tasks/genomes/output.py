@@ -64,3 +64,39 @@ def write_table(
         with atomic_output(summary_path(out)) as tmp:
             tmp.write_text(json.dumps(summary, indent=1))
     return out
+
+
+def write_embeddings(emb, table: pd.DataFrame, out: str | Path) -> list[Path]:
+    """Write genome embeddings: ``.npy`` (matrix) plus ``.tsv`` (names), or one TSV with ``emb_*``.
+
+    Returns the files written.
+    """
+    import numpy as np
+
+    out = check_table_path(out, suffixes=(*TABLE_SUFFIXES, ".npy"))
+    if out.suffix == ".npy":
+        with atomic_output(out) as tmp, tmp.open("wb") as fh:
+            np.save(fh, emb)
+        return [out, write_table(table, out.with_suffix(".tsv"))]
+    cols = pd.DataFrame(emb, columns=[f"emb_{i}" for i in range(emb.shape[1])])
+    return [write_table(pd.concat([table, cols], axis=1), out)]
+
+
+FASTA_SUFFIXES = (".fasta", ".fa", ".fna")
+
+
+def write_sequences(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write generated sequences (``seqName``, ``sequence``) as FASTA, or as a table otherwise."""
+    out = check_table_path(out, suffixes=(*TABLE_SUFFIXES, *FASTA_SUFFIXES))
+    if out.suffix not in FASTA_SUFFIXES:
+        return write_table(df, out)
+    with atomic_output(out) as tmp:
+        tmp.write_text("".join(f">{r.seqName}\n{r.sequence}\n" for r in df.itertuples()))
+    return out
+
+
+def read_name_list(path: str | Path | None) -> list[str]:
+    """Sequence names, one per line (blank lines ignored); empty for ``None``."""
+    if path is None:
+        return []
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
