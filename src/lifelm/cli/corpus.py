@@ -35,7 +35,10 @@ def build(
     shard_cells: Annotated[
         int, typer.Option(help="Source rows per shard: the unit of parallelism and of resume.")
     ] = 65_536,
-    workers: Annotated[int, typer.Option(help="Processes (parallel over sources and shards).")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=1, help="Processes (parallel over sources and shards)."),
+    ] = 1,
     min_genes: Annotated[int, typer.Option(help="Drop cells with fewer vocabulary genes.")] = 10,
     layer: Annotated[
         str | None,
@@ -62,19 +65,17 @@ def build(
     from lifelm.data.store.build import CorpusConfig, build_corpus
     from lifelm.data.store.store import CorpusStore
 
-    tok = None
-    if tokenizer is not None:
-        tok = _read_tokenizer(tokenizer, RankValueTokenizer)
+    tok = RankValueTokenizer.from_file(tokenizer) if tokenizer is not None else None
     cfg = CorpusConfig(
         max_length=max_length,
         shard_cells=shard_cells,
-        workers=workers,
+        workers=jobs,
         min_genes=min_genes,
         layer=layer,
         bins_per_decade=bins_per_decade,
     )
     path = build_corpus(sources, out, config=cfg, tokenizer=tok)
-    typer.echo(json.dumps(_summary(CorpusStore(path))))
+    typer.echo(json.dumps(CorpusStore(path).summary()))
 
 
 @corpus_app.command("info")
@@ -86,7 +87,7 @@ def info(
     """Print a store's size, cells, tokens and disk use as JSON."""
     from lifelm.data.store.store import CorpusStore
 
-    typer.echo(json.dumps(_summary(CorpusStore(store))))
+    typer.echo(json.dumps(CorpusStore(store).summary()))
 
 
 @corpus_app.command("synth")
@@ -105,32 +106,3 @@ def synth(
 
     paths = synthesize_corpus(sources, out, cells, cells_per_file=cells_per_file, seed=seed)
     typer.echo(json.dumps({"files": [str(p) for p in paths]}))
-
-
-def _read_tokenizer(path: Path, cls):
-    """A tokenizer from tokenizer.json or a model folder's config.json, with clear errors."""
-    from lifelm._core.errors import InputError
-
-    try:
-        d = json.loads(path.read_text())
-        return cls.from_dict(d.get("tokenizer", d))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(
-            f"{path}: not a LifeLM tokenizer ({type(e).__name__}: {e}); --tokenizer takes the "
-            "tokenizer.json of a run or store, or a model folder's config.json."
-        ) from None
-
-
-def _summary(store) -> dict[str, object]:
-    i = store.info
-    return {
-        "store": str(store.path),
-        "n_cells": i["n_cells"],
-        "n_tokens": i["n_tokens"],
-        "n_shards": len(i["shards"]),
-        "dropped_cells": i["dropped_cells"],
-        "store_mb": round(i["store_bytes"] / 1e6, 2),
-        "source_mb": round(i["source_bytes"] / 1e6, 2),
-        "disk_ratio": round(i["store_bytes"] / max(1, i["source_bytes"]), 3),
-        "build_seconds": round(i["build_seconds"], 1),
-    }

@@ -25,6 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import anndata as ad
@@ -468,6 +469,19 @@ class RankValueTokenizer:
                 "tokenizer hash mismatch: the vocabulary or medians in config.json were edited"
             )
         return tok
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RankValueTokenizer:
+        """Read a ``tokenizer.json`` (of a run or a store) or a model folder's ``config.json``."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            return cls.from_dict(d.get("tokenizer", d))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise TokenizerError(
+                f"{path}: not a LifeLM tokenizer ({type(e).__name__}: {e}); give the "
+                "tokenizer.json of a run or store, or a model folder's config.json."
+            ) from None
 
     def hash(self) -> str:
         """SHA-256 over the vocabulary, medians and settings."""

@@ -109,6 +109,21 @@ class CorpusStore:
         return int(self.starts[-1])
 
     # ------------------------------------------------------------------ access
+    def summary(self) -> dict[str, object]:
+        """Size, cells, tokens and disk use, for ``lifelm cells corpus build|info``."""
+        i = self.info
+        return {
+            "store": str(self.path),
+            "n_cells": i["n_cells"],
+            "n_tokens": i["n_tokens"],
+            "n_shards": len(i["shards"]),
+            "dropped_cells": i["dropped_cells"],
+            "store_mb": round(i["store_bytes"] / 1e6, 2),
+            "source_mb": round(i["source_bytes"] / 1e6, 2),
+            "disk_ratio": round(i["store_bytes"] / max(1, i["source_bytes"]), 3),
+            "build_seconds": round(i["build_seconds"], 1),
+        }
+
     def check_shard(self, k: int) -> None:
         """Check shard ``k``'s files against their SHA-256 (once per shard and store object).
 
