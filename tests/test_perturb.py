@@ -274,6 +274,10 @@ def test_perturb_writes_anndata_keys(setup) -> None:
     assert table["gene"].tolist() == [sym]
     assert table["n_cells"].iloc[0] == 5
     assert np.isfinite(out.obs["lifelm_perturb_max_shift"]).all()
+    meta = out.uns["lifelm"]["perturb"]
+    assert meta["tokenizer_sha256"] == model.tokenizer.hash()
+    assert (meta["method"], meta["n_cells"]) == ("exact", 5)
+    assert '"overexpress"' in meta["settings"]
     with pytest.raises(KeyError, match="not in the model vocabulary"):
         P.resolve_genes(model, ["NOT_A_GENE"])
 

@@ -154,7 +154,8 @@ def perturb(
     -------
     The AnnData when ``copy=True``, else ``None``. Writes ``.obs[key_added + "_max_shift"]``
     (each cell's largest shift), ``.uns[key_added]["genes"]`` (DataFrame: per perturbation the
-    cells scanned and the mean/median/sd cosine shift, ranked) and ``.uns[key_added]["info"]``.
+    cells scanned and the mean/median/sd cosine shift, ranked), ``.uns[key_added]["info"]`` and
+    the run metadata ``.uns["lifelm"]["perturb"]`` (model, tokenizer hash, method, settings).
     """
     cm = as_cell_model(model, device)
     if copy:
@@ -181,4 +182,14 @@ def perturb(
         top_target = int(pd.Series(res.target).value_counts().index[0])
         uns["responders"] = responders(res, cm, top_target)
     adata.uns[key_added] = uns
+    adata.uns.setdefault("lifelm", {})["perturb"] = {  # run metadata, as every task writes
+        "model": str(cm.folder) if cm.folder else "",
+        "tokenizer_sha256": cm.tokenizer.hash(),
+        "key_added": key_added,
+        "method": method,
+        "screen": screen if method == "screen" else "",
+        "settings": uns["info"]["settings"],
+        "n_cells": int(adata.n_obs),
+        "out_dir": str(out_dir) if out_dir is not None else "",
+    }
     return adata if copy else None
