@@ -59,8 +59,10 @@ def test_reliability_and_ece_on_hand_computed_values() -> None:
     correct = np.array([1, 1, 1, 0, 1, 0, 1], dtype=bool)
     r = reliability(conf, correct, n_bins=10)
     assert sum(r["count"]) == 6  # the NaN row is skipped
-    assert r["count"][9] == 4 and r["accuracy"][9] == pytest.approx(0.75)
-    assert r["count"][5] == 2 and r["accuracy"][5] == pytest.approx(0.5)
+    assert r["count"][9] == 4
+    assert r["accuracy"][9] == pytest.approx(0.75)
+    assert r["count"][5] == 2
+    assert r["accuracy"][5] == pytest.approx(0.5)
     # 4/6 * |0.75 - 0.95| + 2/6 * |0.5 - 0.55|
     assert expected_calibration_error(conf, correct) == pytest.approx(4 / 6 * 0.2 + 2 / 6 * 0.05)
     assert np.isnan(expected_calibration_error([np.nan], [True]))
@@ -70,7 +72,8 @@ def test_call_labels_abstains_below_the_threshold_and_for_unscored_cells() -> No
     proba = np.array([[0.9, 0.1], [0.55, 0.45], [np.nan, np.nan]])
     labels, conf = call_labels(proba, ["a", "b"], min_confidence=0.6)
     assert labels.tolist() == ["a", UNASSIGNED, UNASSIGNED]
-    assert conf[0] == pytest.approx(0.9) and np.isnan(conf[2])
+    assert conf[0] == pytest.approx(0.9)
+    assert np.isnan(conf[2])
     labels, _ = call_labels(proba, ["a", "b"], min_confidence=0.0)
     assert labels.tolist() == ["a", "a", UNASSIGNED]
 
@@ -87,7 +90,8 @@ def test_novelty_flags_far_cells_and_few_cells_like_the_reference() -> None:
     assert nov.flag(far)[1].all()
     assert nov.flag(same)[1].mean() < 0.05
     d, flag = nov.flag(np.array([[np.nan] * 5]))
-    assert np.isnan(d[0]) and not flag[0]
+    assert np.isnan(d[0])
+    assert not flag[0]
 
 
 def test_confusion_counts_rows_true_columns_predicted() -> None:
@@ -147,7 +151,9 @@ def _info(model_acc: float, base_acc: float) -> dict:
 def test_summary_says_when_the_model_loses_and_names_the_better_method() -> None:
     lines = annotation_summary(_info(0.6, 0.9))
     loses = [ln for ln in lines if "loses" in ln]
-    assert len(loses) == 1 and "--method baseline" in loses[0] and "0.600 vs 0.900" in loses[0]
+    assert len(loses) == 1
+    assert "--method baseline" in loses[0]
+    assert "0.600 vs 0.900" in loses[0]
     assert not [ln for ln in annotation_summary(_info(0.95, 0.9)) if "loses" in ln]
     worse = annotation_summary(_info(0.3, 0.35))
     assert any("no method beats the majority class" in ln for ln in worse)
