@@ -157,3 +157,22 @@ def test_summary_says_when_the_model_loses_and_names_the_better_method() -> None
     assert not [ln for ln in annotation_summary(_info(0.95, 0.9)) if "loses" in ln]
     worse = annotation_summary(_info(0.3, 0.35))
     assert any("no method beats the majority class" in ln for ln in worse)
+
+
+def test_held_out_calibration_is_cross_fitted_and_never_makes_ece_worse() -> None:
+    from lifelm.cells import _calibration
+
+    proba, y = _overconfident(n=1000)
+    c = _calibration(proba, y, seed=0)
+    assert c["temperature_applied"]
+    assert c["ece"] == c["ece_scaled"] < c["ece_before"]
+    assert c["temperature"] == c["temperature_fitted"] > 2
+    # vote fractions of a kNN (0, 1/3, 2/3, 1) that are already calibrated: scaling is not kept
+    rng = np.random.default_rng(1)
+    votes = rng.integers(0, 4, 600) / 3
+    proba = np.stack([votes, 1 - votes], 1)
+    y = (rng.random(600) > votes).astype(int)
+    c = _calibration(proba, y, seed=0)
+    assert c["ece"] <= c["ece_before"]
+    if not c["temperature_applied"]:
+        assert c["temperature"] == 1.0

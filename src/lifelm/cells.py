@@ -120,15 +120,23 @@ def _calibration(proba: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     conf_raw = np.where(ok, np.nan_to_num(proba).max(1), np.nan)
     conf_cal = np.where(ok, np.nan_to_num(cal).max(1), np.nan)
     scores = classification_scores(y.astype(str), np.where(ok, pred, -1).astype(str))
+    ece_before = expected_calibration_error(conf_raw, correct)
+    ece_scaled = expected_calibration_error(conf_cal, correct)
+    # scaling that does not lower the cross-fitted ECE (e.g. kNN vote fractions) is not used
+    applied = bool(ece_scaled < ece_before)
     return {
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_f1"],
         "n": len(y),
-        "temperature": float(temperature),
-        "ece_before": expected_calibration_error(conf_raw, correct),
-        "ece": expected_calibration_error(conf_cal, correct),
+        "temperature": float(temperature) if applied else 1.0,
+        "temperature_fitted": float(temperature),
+        "temperature_applied": applied,
+        "ece_before": ece_before,
+        "ece_scaled": ece_scaled,
+        "ece": ece_scaled if applied else ece_before,
         "reliability_before": reliability(conf_raw, correct),
-        "reliability": reliability(conf_cal, correct),
+        "reliability_scaled": reliability(conf_cal, correct),
+        "reliability": reliability(conf_cal if applied else conf_raw, correct),
     }
 
 
@@ -536,7 +544,9 @@ def annotation_summary(info: dict[str, Any]) -> list[str]:
             if key in held:
                 h = held[key]
                 parts.append(
-                    f"{name} {h['accuracy']:.3f} (ECE {h['ece_before']:.3f} -> {h['ece']:.3f})"
+                    f"{name} {h['accuracy']:.3f} (ECE {h['ece_before']:.3f}, "
+                    f"temperature-scaled {h.get('ece_scaled', h['ece']):.3f}"
+                    f"{'' if h.get('temperature_applied', True) else ' so not applied'})"
                 )
         lines.append("held-out reference accuracy: " + ", ".join(parts))
         if "model" in held and info["better_method"] == BASELINE:
