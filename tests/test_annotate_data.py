@@ -3,6 +3,9 @@ and the PBMCs bundled in the scanpy wheel that the demo falls back to."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import anndata as ad
 import numpy as np
 import pytest
 from tests.conftest import shared_file
@@ -56,3 +59,19 @@ def test_demo_prefers_shared_data_then_bundled_pbmcs(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(demo, "pbmc68k_counts", lambda: None)
     d = demo.demo_data(None, "cell_type", 0)
     assert d["source"].startswith("GENERATED cells")
+
+
+@pytest.mark.slow
+def test_demo_writes_a_report_that_names_the_method_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lifelm.demo as demo
+
+    monkeypatch.setattr(demo, "shared_data_dir", lambda: None)  # the bundled PBMCs (or generated)
+    text = demo.run_demo(tmp_path, preset="test", steps=3)
+    assert "Which method to use: Use " in text
+    assert "held-out reference accuracy" in text
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("<img") == 3  # UMAP, confusion matrix, reliability
+    assert (tmp_path / "report.md").read_text() == text
+    assert "lifelm_cell_type_novel" in ad.read_h5ad(tmp_path / "query_annotated.h5ad").obs

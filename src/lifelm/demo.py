@@ -28,6 +28,7 @@ import scipy.sparse as sp
 
 from lifelm._core.runtime import get_logger
 from lifelm.cells import annotate, annotation_summary
+from lifelm.evaluation.benchmarks.annotation import harmonise_labels
 from lifelm.io.h5ad import read_h5ad
 from lifelm.reports.annotation import verdict, write_annotation_report
 from lifelm.tasks.cells.pretrain import pretrain
@@ -180,6 +181,10 @@ def run_demo(
         out_dir=out / "annotator",
     )
     info = query.uns["lifelm"]["annotate"]
+    truth_key = d["query_label_key"]
+    if d["label_map"]:  # true labels in the reference's vocabulary, for the UMAP and the h5ad
+        truth_key = f"{truth_key}_harmonised"
+        query.obs[truth_key] = harmonise_labels(query.obs[d["query_label_key"]], d["label_map"])
     query.write_h5ad(out / "query_annotated.h5ad", compression="gzip")
     umap = None
     if "X_umap" not in query.obsm:
@@ -190,7 +195,7 @@ def run_demo(
         f"reference and query cells without labels; annotation mode {mode}).",
     ]
     write_annotation_report(
-        query, out / "report.html", truth_key=d["query_label_key"], umap=umap, notes=notes,
+        query, out / "report.html", truth_key=truth_key, umap=umap, notes=notes,
         title="LifeLM demo: cell-type annotation",
     )  # fmt: skip
     lines = [*notes, "", *annotation_summary(info), "", f"Which method to use: {verdict(info)}",

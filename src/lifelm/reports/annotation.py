@@ -97,13 +97,10 @@ def _query_table(info: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows).T
 
 
-def _scatter(ax: Any, xy: np.ndarray, labels: pd.Series, title: str) -> None:
-    cats = sorted(pd.unique(labels.astype(str)))
-    cmap = __import__("matplotlib").colormaps["tab20"]
-    for i, c in enumerate(cats):
+def _scatter(ax: Any, xy: np.ndarray, labels: pd.Series, title: str, colors: dict) -> None:
+    for c in sorted(pd.unique(labels.astype(str))):
         m = (labels.astype(str) == c).to_numpy()
-        color = "#bbbbbb" if c == "Unassigned" else cmap(i % 20)
-        ax.scatter(xy[m, 0], xy[m, 1], s=3, color=color, label=f"{c} ({m.sum()})")
+        ax.scatter(xy[m, 0], xy[m, 1], s=3, color=colors[c], label=f"{c} ({m.sum()})")
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -124,8 +121,13 @@ def _figures(
         panels = [(adata.obs[truth_key], f"true labels ({truth_key})")] if truth_key else []
         panels.append((adata.obs[key], f"predicted ({info['method']}, with Unassigned)"))
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5))
+        # one colour per label name across both panels; Unassigned in grey
+        names = sorted({str(v) for lab, _ in panels for v in pd.unique(lab.astype(str))})
+        cmap = matplotlib.colormaps["tab20"]
+        colors = {c: cmap(i % 20) for i, c in enumerate(n for n in names if n != "Unassigned")}
+        colors["Unassigned"] = "#bbbbbb"
         for ax, (lab, title) in zip(np.atleast_1d(axes), panels, strict=True):
-            _scatter(ax, umap, lab, title)
+            _scatter(ax, umap, lab, title, colors)
         figs.append(("UMAP of the query cells", _png(fig)))
         plt.close(fig)
     conf = info.get("query", {}).get("confusion")
