@@ -72,6 +72,7 @@ __all__ = [
     "TrainConfig",
     "annotate",
     "annotation_summary",
+    "as_dict",
     "embed",
     "evaluate",
     "load_model",
@@ -140,6 +141,21 @@ def _calibration(proba: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     }
 
 
+def _pairs(mapping: dict[Any, Any], key: str, value: str) -> dict[str, list[Any]]:
+    """A label-keyed dict as two parallel lists: labels such as 'CD4+/CD25 T Reg' hold a '/',
+    which h5ad stores cannot have in a key."""
+    return {
+        key: [str(k) for k in mapping],
+        value: [v if isinstance(v, str) else int(v) for v in mapping.values()],
+    }
+
+
+def as_dict(pairs: dict[str, list[Any]]) -> dict[str, Any]:
+    """The inverse of the two-list form in ``.uns`` (e.g. ``as_dict(info["query"]["unmapped"])``)."""
+    a, b = list(pairs.values())
+    return dict(zip(a, b, strict=True))
+
+
 def _reorder(proba: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
     """Columns of ``proba`` (named ``have``) in the order ``want`` (absent classes get 0)."""
     out = np.zeros((len(proba), len(want)))
@@ -161,7 +177,7 @@ def _query_scores(
     out: dict[str, Any] = {
         "n": len(truth),
         "n_mapped": int(mapped.sum()),
-        "unmapped": unmapped_counts(truth_raw[~mapped]),
+        "unmapped": _pairs(unmapped_counts(truth_raw[~mapped]), "label", "cells"),
     }
     for name, pred in predictions.items():
         pred = np.asarray(pred, dtype=str)
@@ -426,7 +442,7 @@ def annotate(
             "epochs": float(epochs),
             "lr": float(lr) if lr else float("nan"),
             "batch_size": int(batch_size or 0),
-            "label_map": label_map,
+            "label_map": _pairs(label_map, "from", "to"),
         },
         "split": (
             f"stratified hold-out of the {len(y_all)} labelled reference cells: {len(tr)} train "
@@ -446,7 +462,7 @@ def annotate(
         "novel_fraction": float(novel.mean()) if n else float("nan"),
         "novelty_threshold": novelty.threshold,
         "novelty_expected_fraction": 1.0 - novelty_quantile,
-        "label_counts": {str(k): int(v) for k, v in pd.Series(labels).value_counts().items()},
+        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
         "seconds": time.perf_counter() - t_start,
     }
     qkey = query_label_key
@@ -498,11 +514,14 @@ def _annotate_with_trained(
         "tokenizer_sha256": cm.tokenizer.hash(),
         "calibration": "not checked: no reference was given, probabilities are uncalibrated",
         "baseline": "not run: no reference was given",
-        "settings": {"min_confidence": float(min_confidence), "label_map": label_map},
+        "settings": {
+            "min_confidence": float(min_confidence),
+            "label_map": _pairs(label_map, "from", "to"),
+        },
         "n_cells": adata.n_obs,
         "unassigned_cells": n_un,
         "unassigned_fraction": n_un / adata.n_obs if adata.n_obs else float("nan"),
-        "label_counts": {str(k): int(v) for k, v in pd.Series(labels).value_counts().items()},
+        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
     }
     if query_label_key is not None:
         truth = adata.obs[query_label_key]
@@ -581,9 +600,9 @@ def annotation_summary(info: dict[str, Any]) -> list[str]:
             f"{used['accuracy_assigned_mapped']:.3f} over those assigned; majority class "
             f"{q['majority']['accuracy']:.3f}"
         )
-        if q["unmapped"]:
+        if q["unmapped"]["label"]:
             lines.append(
                 "query classes the reference lacks (counted as errors): "
-                + ", ".join(f"{k}: {v}" for k, v in q["unmapped"].items())
+                + ", ".join(f"{k}: {v}" for k, v in as_dict(q["unmapped"]).items())
             )
     return lines

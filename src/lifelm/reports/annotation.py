@@ -234,7 +234,7 @@ def write_annotation_report(
     qt = _query_table(info)
     if qt is not None:
         parts.append(_table(qt))
-        unm = info["query"]["unmapped"]
+        unm = dict(zip(*info["query"]["unmapped"].values(), strict=True))
         if unm:
             parts.append(
                 "<p>Query classes the reference does not have (counted as errors in 'all'): "
