@@ -187,7 +187,8 @@ def train_annotator(
         embeddings, then trunk and head trained end to end (saved to ``out_dir/model``);
         ``"knn"``: cosine kNN on frozen embeddings.
     out_dir
-        Run folder for fine-tuning (a temporary folder when ``None``).
+        Run folder for fine-tuning; when ``None``, a temporary folder removed once the weights
+        are loaded.
     layer
         Where the counts are, if not found automatically.
     epochs
@@ -254,7 +255,8 @@ def train_annotator(
             "finetune": {"lr": cfg.lr, "batch_size": cfg.batch_size, "steps": cfg.max_steps},
         },
     )
-    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="lifelm-annotate-"))
+    scratch = None if out_dir else tempfile.TemporaryDirectory(prefix="lifelm-annotate-")
+    folder = Path(out_dir) if out_dir else Path(scratch.name)  # type: ignore[union-attr]
     log.info(
         "fine-tuning on %d cells: %d steps of %d, lr %.1e (head from a probe, train acc %.3f)",
         len(y),
@@ -273,6 +275,9 @@ def train_annotator(
         unit="cells",
     )
     tuned = load_cell_model(result.model_dir, device=str(next(cm.trunk.parameters()).device))
+    if scratch is not None:  # weights are in memory; leave no temporary run folder behind
+        scratch.cleanup()
+        tuned.folder = None
     proba = predict_proba(tuned, cells)
     train_acc = float((np.nan_to_num(proba).argmax(1) == y).mean())
     majority = float(counts.max() / counts.sum())
