@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 import lifelm.cells as lc
+from lifelm._core.errors import InputError
 from lifelm.cli import app
 from lifelm.io.checkpoint import CheckpointError
 from lifelm.training.loop import TrainConfig
@@ -77,29 +78,99 @@ def test_annotate_writes_labels_and_probabilities(
     data: ad.AnnData, model_dir: Path, mode: str
 ) -> None:
     ref, query = data[:200].copy(), data[200:].copy()
+    # default fine-tuning settings (steps from the reference size, head from a probe)
     lc.annotate(
         query,
         model_dir,
         reference=ref,
         label_key="cell_type",
         mode=mode,
-        train_config=FAST,
+        method="model",
+        min_confidence=0.0,
+        query_label_key="cell_type",
         device="cpu",
     )
     pred = query.obs["lifelm_cell_type"]
-    assert set(pred.cat.categories) == {"type_0", "type_1", "type_2"}
+    assert set(pred.cat.categories) == {"type_0", "type_1", "type_2", "Unassigned"}
+    assert (pred.astype(str) == query.obs["lifelm_cell_type_model"].astype(str)).all()
     p = query.obs["lifelm_cell_type_probability"]
     assert ((p > 0) & (p <= 1)).all()
-    assert query.uns["lifelm"]["annotate"]["mode"] == mode
-    # synthetic types have strong markers: far better than chance (1/3)
+    info = query.uns["lifelm"]["annotate"]
+    assert info["mode"] == mode
+    assert info["method"] == "model"
+    assert info["tokenizer_sha256"] == lc.load_model(model_dir).tokenizer.hash()
+    held = info["holdout"]
+    assert {"majority", "logreg_pca", "model"} <= set(held)
+    assert 0 <= held["model"]["ece"] <= 1
+    # synthetic types have strong markers: far better than chance (1/3) and the majority class
     assert (pred.astype(str) == query.obs["cell_type"].astype(str)).mean() > 0.6
+    assert held["model"]["accuracy"] > held["majority"]["accuracy"]
+    if mode == "finetune":
+        assert held["model"]["training_accuracy"] > 0.6
 
 
-def test_annotate_without_reference_explains_what_is_needed(
+def test_auto_uses_the_method_that_won_on_held_out_cells(data: ad.AnnData, model_dir: Path) -> None:
+    ref, query = data[:200].copy(), data[200:].copy()
+    lc.annotate(query, model_dir, reference=ref, mode="knn", device="cpu")
+    info = query.uns["lifelm"]["annotate"]
+    held = info["holdout"]
+    won = "model" if held["model"]["accuracy"] > held["logreg_pca"]["accuracy"] else "baseline"
+    assert info["method"] == won
+    assert info["better_method"] == ("model" if won == "model" else "logreg_pca")
+    col = "lifelm_cell_type_model" if won == "model" else "lifelm_cell_type_baseline"
+    assert (query.obs["lifelm_cell_type"].astype(str) == query.obs[col].astype(str)).all()
+
+
+def test_finetune_that_does_not_learn_stops_with_a_message(
     data: ad.AnnData, model_dir: Path
 ) -> None:
-    with pytest.raises(ValueError, match="needs reference= and label_key="):
-        lc.annotate(data[:5].copy(), model_dir)
+    from lifelm.tasks.cells.annotate import TrainingFailedError
+
+    ref = data[:200].copy()
+    # 90 % one class, labels unrelated to expression: nothing to learn beyond the majority
+    rng = np.random.default_rng(0)
+    ref.obs["noise"] = np.where(rng.random(ref.n_obs) < 0.9, "common", "rare")
+    cfg = TrainConfig(max_steps=2, batch_size=16, lr=1e-6, warmup_steps=1, checkpoint_every=0,
+                      progress=False)  # fmt: skip
+    with pytest.raises(TrainingFailedError, match="does not beat the majority class"):
+        lc.train_annotator(ref, model_dir, label_key="noise", train_config=cfg, device="cpu")
+
+
+def test_finetune_defaults_scale_with_the_reference() -> None:
+    from lifelm.tasks.cells.annotate import finetune_config
+
+    small, large = finetune_config(100), finetune_config(10_000, lr=1e-3, batch_size=64)
+    assert small.max_steps == 30  # the floor
+    assert large.max_steps == 313  # 2 epochs of 10,000 cells at 64 per step
+    assert large.lr == 1e-3
+    assert large.warmup_steps == 31
+
+
+def test_evaluate_counts_unmapped_query_classes_and_uses_the_label_map(
+    data: ad.AnnData, model_dir: Path
+) -> None:
+    ref, query = data[:200].copy(), data[200:].copy()
+    query.obs["other"] = query.obs["cell_type"].astype(str).str.replace("type_", "T")
+    with pytest.raises(InputError, match="--label-map"):
+        lc.evaluate(ref, model_dir, query=query, query_label_key="other", device="cpu")
+    bench = lc.evaluate(
+        ref,
+        model_dir,
+        query=query,
+        query_label_key="other",
+        label_map={"T0": "type_0", "T1": "type_1"},  # T2 left unmapped
+        device="cpu",
+    )
+    n_t2 = int((query.obs["other"] == "T2").sum())
+    assert bench.info["unmapped"] == {"T2": n_t2}
+    assert bench.info["n_test"] == 100
+    assert bench.info["n_mapped"] == 100 - n_t2
+    t = bench.table
+    assert (t["n"] == 100).all()
+    # unmapped cells count as errors in accuracy, and are out of accuracy_mapped
+    np.testing.assert_allclose(t["accuracy"], t["accuracy_mapped"] * (100 - n_t2) / 100, atol=1e-9)
+    assert "have labels the reference does not have" in bench.split
+    assert "T2: " in bench.split
 
 
 def test_evaluate_reports_model_next_to_baselines(data: ad.AnnData, model_dir: Path) -> None:
@@ -123,6 +194,10 @@ def test_cli_help_for_every_command() -> None:
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0, res.output
         assert "Usage" in res.output
+    text = runner.invoke(app, ["cells", "annotate", "--help"], terminal_width=200).output
+    for option in ("--lr", "--batch-size", "--method", "--min-confidence", "--label-map"):
+        assert option in text
+    assert "--label-map" in runner.invoke(app, ["cells", "evaluate", "--help"]).output
 
 
 def test_cli_embed_annotate_evaluate(data: ad.AnnData, model_dir: Path, tmp_path: Path) -> None:
@@ -165,6 +240,7 @@ def test_cli_embed_annotate_evaluate(data: ad.AnnData, model_dir: Path, tmp_path
     )
     assert res.exit_code == 0, res.output
     assert "lifelm_cell_type" in ad.read_h5ad(tmp_path / "a.h5ad").obs
+    assert "held-out reference accuracy: majority" in res.output
     res = runner.invoke(
         app,
         [

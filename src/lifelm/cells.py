@@ -10,15 +10,55 @@ Typical use::
     model_dir = lc.pretrain("cells.h5ad", "runs/pbmc", preset="small").model_dir
     lc.embed(adata, model_dir)                                 # .obsm["X_lifelm"]
     lc.annotate(query, model_dir, reference=adata, label_key="cell_type")  # .obs["lifelm_cell_type"]
+
+:func:`annotate` lives here rather than in ``tasks/cells/annotate.py`` because it composes the
+model (a task) with the simple baseline and the calibration metrics, which are in ``evaluation``;
+tasks must not import evaluation, and this module already sits above it (it re-exports
+``evaluate``). The model-side pieces (training, probabilities, temperature scaling, the
+``Unassigned`` call, novelty distances) stay in ``tasks/cells/annotate.py``.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from lifelm._core.errors import InputError
+from lifelm._core.runtime import get_logger
 from lifelm.data.cells.tokenizer import RankValueTokenizer
+from lifelm.evaluation.baselines.annotation import PcaLogReg
+from lifelm.evaluation.benchmarks.annotation import (
+    harmonise_labels,
+    read_label_map,
+    unmapped_counts,
+)
 from lifelm.evaluation.benchmarks.annotation import run_annotation_benchmark as evaluate
+from lifelm.evaluation.metrics.classification import (
+    classification_scores,
+    confusion,
+    expected_calibration_error,
+    reliability,
+)
 from lifelm.io.h5ad import read_h5ad as read
-from lifelm.tasks.cells.annotate import annotate, train_annotator
-from lifelm.tasks.cells.embed import embed
+from lifelm.tasks.cells.annotate import (
+    UNASSIGNED,
+    KnnAnnotator,
+    Mode,
+    NoveltyFlagger,
+    apply_temperature,
+    call_labels,
+    fit_temperature,
+    predict_proba,
+    train_annotator,
+)
+from lifelm.tasks.cells.embed import as_cell_model, embed
+from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.model_io import load_cell_model as load_model
 from lifelm.tasks.cells.perturb import perturb
 from lifelm.tasks.cells.pretrain import pretrain
@@ -27,9 +67,12 @@ from lifelm.testing.synthetic import synthetic_cells
 from lifelm.training.loop import TrainConfig
 
 __all__ = [
+    "UNASSIGNED",
     "RankValueTokenizer",
     "TrainConfig",
     "annotate",
+    "annotation_summary",
+    "as_dict",
     "embed",
     "evaluate",
     "load_model",
@@ -37,6 +80,529 @@ __all__ = [
     "pretrain",
     "rank_targets",
     "read",
+    "read_label_map",
     "synthetic_cells",
     "train_annotator",
 ]
+
+log = get_logger("lifelm.annotate")
+Method = Literal["auto", "model", "baseline"]
+BASELINE = "logreg_pca"
+_LABEL = "_lifelm_label"
+
+
+def _holdout_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split of reference cells; classes with fewer than 2 cells stay in training."""
+    values, counts = np.unique(y, return_counts=True)
+    rare = np.isin(y, values[counts < 2])
+    idx = np.flatnonzero(~rare)
+    tr, ho = train_test_split(idx, test_size=fraction, random_state=seed, stratify=y[idx])
+    return np.sort(np.concatenate([tr, np.flatnonzero(rare)])), np.sort(ho)
+
+
+def _calibration(proba: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+    """Held-out accuracy and macro-F1; temperature; ECE and reliability before and after scaling.
+
+    The temperature used on the query is fitted on all held-out cells. The "after" ECE is
+    cross-fitted so that it is not measured on the cells it was fitted to: the held-out cells are
+    split in two halves, each half is scaled with the temperature fitted on the other half.
+    When scaling does not lower that ECE, the temperature is not applied (T = 1) and ``ece`` is
+    the unscaled one; ``ece_scaled`` and ``temperature_fitted`` keep what was tried.
+    """
+    ok = ~np.isnan(proba).any(1)
+    pred = np.nan_to_num(proba).argmax(1)
+    correct = (pred == y) & ok
+    temperature = fit_temperature(proba, y)
+    order = np.random.default_rng(seed).permutation(len(y))
+    halves = [np.sort(order[: len(y) // 2]), np.sort(order[len(y) // 2 :])]
+    cal = np.full_like(proba, np.nan, dtype=float)
+    for a, b in (halves, halves[::-1]):
+        cal[a] = apply_temperature(proba[a], fit_temperature(proba[b], y[b]))
+    conf_raw = np.where(ok, np.nan_to_num(proba).max(1), np.nan)
+    conf_cal = np.where(ok, np.nan_to_num(cal).max(1), np.nan)
+    scores = classification_scores(y.astype(str), np.where(ok, pred, -1).astype(str))
+    ece_before = expected_calibration_error(conf_raw, correct)
+    ece_scaled = expected_calibration_error(conf_cal, correct)
+    # scaling that does not lower the cross-fitted ECE (e.g. kNN vote fractions) is not used
+    applied = bool(ece_scaled < ece_before)
+    return {
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_f1"],
+        "n": len(y),
+        "temperature": float(temperature) if applied else 1.0,
+        "temperature_fitted": float(temperature),
+        "temperature_applied": applied,
+        "ece_before": ece_before,
+        "ece_scaled": ece_scaled,
+        "ece": ece_scaled if applied else ece_before,
+        "reliability_before": reliability(conf_raw, correct),
+        "reliability_scaled": reliability(conf_cal, correct),
+        "reliability": reliability(conf_cal if applied else conf_raw, correct),
+    }
+
+
+def _pairs(mapping: dict[Any, Any], key: str, value: str) -> dict[str, list[Any]]:
+    """A label-keyed dict as two parallel lists: labels such as 'CD4+/CD25 T Reg' hold a '/',
+    which h5ad stores cannot have in a key."""
+    return {
+        key: [str(k) for k in mapping],
+        value: [v if isinstance(v, str) else int(v) for v in mapping.values()],
+    }
+
+
+def as_dict(pairs: dict[str, list[Any]]) -> dict[str, Any]:
+    """The inverse of the two-list form in ``.uns`` (e.g. ``as_dict(info["query"]["unmapped"])``)."""
+    a, b = list(pairs.values())
+    return dict(zip(a, b, strict=True))
+
+
+def _reorder(proba: np.ndarray, have: list[str], want: list[str]) -> np.ndarray:
+    """Columns of ``proba`` (named ``have``) in the order ``want`` (absent classes get 0)."""
+    out = np.zeros((len(proba), len(want)))
+    pos = {c: i for i, c in enumerate(want)}
+    for j, c in enumerate(have):
+        out[:, pos[c]] = proba[:, j]
+    return out
+
+
+def _query_scores(
+    truth_raw: np.ndarray,
+    label_map: dict[str, str],
+    classes: list[str],
+    predictions: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Accuracy on a labelled query: over all cells, over mapped cells, and over assigned cells."""
+    truth = harmonise_labels(truth_raw, label_map)
+    mapped = np.isin(truth, classes)
+    out: dict[str, Any] = {
+        "n": len(truth),
+        "n_mapped": int(mapped.sum()),
+        "unmapped": _pairs(unmapped_counts(truth_raw[~mapped]), "label", "cells"),
+    }
+    for name, pred in predictions.items():
+        pred = np.asarray(pred, dtype=str)
+        assigned = pred != UNASSIGNED
+        out[name] = {
+            "accuracy": float((pred == truth).mean()) if len(truth) else float("nan"),
+            "accuracy_mapped": float((pred[mapped] == truth[mapped]).mean())
+            if mapped.any()
+            else float("nan"),
+            "accuracy_assigned_mapped": float(
+                (pred[mapped & assigned] == truth[mapped & assigned]).mean()
+            )
+            if (mapped & assigned).any()
+            else float("nan"),
+            "unassigned_fraction": float((~assigned).mean()) if len(pred) else float("nan"),
+        }
+    return out
+
+
+def annotate(
+    adata: ad.AnnData,
+    model: CellModel | KnnAnnotator | str | Path | None = None,
+    *,
+    reference: ad.AnnData | str | Path | None = None,
+    label_key: str = "cell_type",
+    method: Method = "auto",
+    mode: Mode = "finetune",
+    min_confidence: float = 0.5,
+    novelty_quantile: float = 0.99,
+    holdout_fraction: float = 0.2,
+    label_map: dict[str, str] | None = None,
+    query_label_key: str | None = None,
+    epochs: float = 2.0,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    train_config: TrainConfig | None = None,
+    layer: str | None = None,
+    key_added: str = "lifelm_cell_type",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Predict cell types for ``adata`` with calibrated confidence, the right to abstain, and the
+    simple baseline fitted on the same reference beside the model.
+
+    With a ``reference``, its labelled cells are split (stratified, ``holdout_fraction``,
+    ``seed``): the model (fine-tuned or kNN on a pretrained ``model``) and the baseline (logistic
+    regression on 50 PCs of log-normalised HVGs) are both fitted on the training part; on the
+    held-out part each gets a temperature (fitted to the held-out labels), an accuracy and an
+    expected calibration error. ``method="auto"`` then labels the query with whichever was more
+    accurate on the held-out part (the baseline on a tie). A query cell whose calibrated
+    probability is below ``min_confidence`` is ``Unassigned``; one farther from the reference (in
+    the baseline's PCA space) than ``novelty_quantile`` of held-out reference cells is flagged
+    novel.
+
+    Parameters
+    ----------
+    adata
+        Query cells with raw counts (any study; only the genes are matched).
+    model
+        A pretrained cell model or its folder (learns from ``reference``), a fine-tuned classifier
+        or kNN annotator (used as is; without a reference no calibration or baseline check is
+        possible, which is recorded), or ``None`` with ``method="baseline"``.
+    reference
+        Labelled reference cells, as AnnData or an ``.h5ad`` path (the path is recorded).
+    label_key
+        Label column of ``reference.obs``.
+    method
+        ``auto``, ``model`` or ``baseline``: which labels are written to ``.obs[key_added]``.
+    mode
+        How the model learns: ``finetune`` (head from a linear probe, then end to end) or ``knn``.
+    min_confidence
+        Calibrated probability below which a cell is ``Unassigned`` (0 disables abstention).
+    novelty_quantile
+        Quantile of held-out reference cells' neighbour distance above which a cell is novel.
+    holdout_fraction
+        Fraction of labelled reference cells held out for calibration and the comparison.
+    label_map
+        Harmonises labels across studies (applied to reference and query labels that are keys).
+    query_label_key
+        Label column of ``adata.obs`` for scoring the query (optional); its classes unknown to
+        the reference are counted, never dropped.
+    epochs, lr, batch_size, train_config
+        Fine-tuning settings (``train_config`` overrides the other three).
+    layer
+        Where the counts are, if not found automatically.
+    key_added
+        Name of the ``.obs`` columns and of nothing else.
+    out_dir
+        Keep the fine-tuned classifier in ``out_dir/model`` (a temporary folder when ``None``).
+    seed
+        Seeds the hold-out split, the baseline and fine-tuning.
+    device
+        ``auto``, ``cpu`` or ``cuda``.
+    copy
+        Return an annotated copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    The AnnData when ``copy=True``, else ``None``. Writes ``.obs[key_added]`` (label or
+    ``Unassigned``), ``.obs[key_added + "_probability"]`` (calibrated probability of the best
+    class), ``.obs[key_added + "_novel"]`` (bool), ``.obs[key_added + "_model"]`` and
+    ``.obs[key_added + "_baseline"]`` (each method's own calls) and ``.uns["lifelm"]["annotate"]``
+    (see docs/cells-annotate.md).
+    """
+    t_start = time.perf_counter()
+    if method not in ("auto", "model", "baseline"):
+        raise InputError(f"method must be auto, model or baseline, not {method!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise InputError(f"min_confidence must be within [0, 1], not {min_confidence}")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise InputError(f"holdout_fraction must be within (0, 1), not {holdout_fraction}")
+    label_map = dict(label_map or {})
+    if copy:
+        adata = adata.to_memory() if adata.isbacked else adata.copy()
+    ref_path = ""
+    if isinstance(reference, str | Path):
+        ref_path = str(reference)
+        reference = read(reference)
+    if isinstance(model, str | Path):
+        model = load_model(model, device="cpu")
+    if model is None and method == "model":
+        raise InputError("method='model' needs a model (--model)")
+    trained = isinstance(model, KnnAnnotator) or (
+        isinstance(model, CellModel) and model.is_classifier
+    )
+    if reference is None:
+        if model is None or not trained:
+            raise InputError(
+                "a pretrained model without a classification head needs reference= and "
+                "label_key= (--reference REF.h5ad --label-key COLUMN); --method baseline needs "
+                "a reference too"
+            )
+        return _annotate_with_trained(
+            adata, model, min_confidence, key_added, layer, query_label_key, label_map, copy
+        )
+    if trained and model is not None:
+        raise InputError(
+            "give a pretrained model together with reference=: a fine-tuned classifier cannot be "
+            "checked on held-out reference cells it may have been trained on"
+        )
+
+    # -- the reference: harmonised labels, split into training and held-out cells
+    if label_key not in reference.obs:
+        raise InputError(
+            f"reference has no label column {label_key!r} (columns: "
+            f"{list(reference.obs.columns)}); pass --label-key"
+        )
+    raw = reference.obs[label_key]
+    labelled = (raw.notna() & (raw.astype(str) != "")).to_numpy()
+    ref = reference[labelled]
+    ref = ref.to_memory() if ref.isbacked else ref.copy()
+    y_all = harmonise_labels(ref.obs[label_key], label_map)
+    ref.obs[_LABEL] = y_all
+    classes = sorted(np.unique(y_all).tolist())
+    if len(classes) < 2:
+        raise InputError(
+            f"reference column {label_key!r} has {len(classes)} labelled class(es); need 2 or more"
+        )
+    tr, ho = _holdout_split(y_all, holdout_fraction, seed)
+    ref_tr, ref_ho = ref[tr].copy(), ref[ho].copy()
+    y_tr, y_ho = y_all[tr], y_all[ho]
+    yi_ho = np.searchsorted(classes, y_ho)
+    majority_class = pd.Series(y_tr).value_counts().index[0]
+    held: dict[str, Any] = {
+        "majority": {"accuracy": float((y_ho == majority_class).mean()), "label": majority_class}
+    }
+
+    # -- baseline: logistic regression on PCA of log-normalised HVGs (always; it is cheap)
+    t0 = time.perf_counter()
+    pca = PcaLogReg.fit(ref_tr, y_tr, seed=seed, layer=layer)
+    p_ho_raw, pcs_ho = pca.predict_proba(ref_ho, layer)
+    p_ho = _reorder(p_ho_raw, pca.classes, classes)
+    held[BASELINE] = _calibration(p_ho, yi_ho, seed)
+    t_base = held[BASELINE]["temperature"]
+    held[BASELINE]["seconds"] = time.perf_counter() - t0
+    _, pcs_tr = pca.predict_proba(ref_tr, layer)
+    novelty = NoveltyFlagger.fit(pcs_tr, pcs_ho, quantile=novelty_quantile)
+
+    # -- the model (when given): trained on the same training cells
+    annotator = None
+    cm: CellModel | None = None
+    if model is not None:
+        t0 = time.perf_counter()
+        cm = as_cell_model(model, device)  # type: ignore[arg-type]
+        annotator = train_annotator(
+            ref_tr,
+            cm,
+            label_key=_LABEL,
+            mode=mode,
+            out_dir=out_dir,
+            layer=layer,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            train_config=train_config,
+            classes=classes,
+            seed=seed,
+            device=device,
+        )
+        p_ho_model = predict_proba(annotator, cm.tokenizer.encode(ref_ho, layer=layer))
+        held["model"] = _calibration(p_ho_model, yi_ho, seed)
+        t_model = held["model"]["temperature"]
+        held["model"]["seconds"] = time.perf_counter() - t0
+        if isinstance(annotator, CellModel):
+            held["model"]["training_accuracy"] = annotator.config.get("data", {}).get(
+                "training_accuracy", float("nan")
+            )
+
+    if method == "auto":
+        model_wins = "model" in held and held["model"]["accuracy"] > held[BASELINE]["accuracy"]
+        used = "model" if model_wins else "baseline"
+    else:
+        used = method
+
+    # -- the query
+    pb_raw, pcs_q = pca.predict_proba(adata, layer)
+    pb = apply_temperature(_reorder(pb_raw, pca.classes, classes), t_base)
+    labels_b, conf_b = call_labels(pb, classes, min_confidence=min_confidence)
+    per_method: dict[str, np.ndarray] = {"baseline": labels_b}
+    if annotator is not None and cm is not None:
+        pm = apply_temperature(
+            predict_proba(annotator, cm.tokenizer.encode(adata, layer=layer)), t_model
+        )
+        labels_m, conf_m = call_labels(pm, classes, min_confidence=min_confidence)
+        per_method["model"] = labels_m
+    labels, conf = (labels_m, conf_m) if used == "model" else (labels_b, conf_b)
+    distance, novel = novelty.flag(pcs_q)
+
+    cats = [*classes, UNASSIGNED]
+    adata.obs[key_added] = pd.Categorical(labels, categories=cats)
+    adata.obs[f"{key_added}_probability"] = conf
+    adata.obs[f"{key_added}_novel"] = novel
+    adata.obs[f"{key_added}_novelty_distance"] = distance
+    adata.obs[f"{key_added}_baseline"] = pd.Categorical(labels_b, categories=cats)
+    if "model" in per_method:
+        adata.obs[f"{key_added}_model"] = pd.Categorical(per_method["model"], categories=cats)
+
+    n = adata.n_obs
+    n_unassigned = int((labels == UNASSIGNED).sum())
+    info: dict[str, Any] = {
+        "method": used,
+        "method_requested": method,
+        "mode": (("knn" if isinstance(annotator, KnnAnnotator) else "finetune") if cm else ""),
+        "classes": classes,
+        "key_added": key_added,
+        "model": str(cm.folder) if cm is not None and cm.folder else "",
+        "tokenizer_sha256": cm.tokenizer.hash() if cm is not None else "",
+        "reference": {
+            "path": ref_path or str(getattr(reference, "filename", "") or ""),
+            "n_obs": int(reference.n_obs),
+            "n_vars": int(reference.n_vars),
+            "label_key": label_key,
+            "labelled_cells": int(labelled.sum()),
+        },
+        "settings": {
+            "min_confidence": float(min_confidence),
+            "novelty_quantile": float(novelty_quantile),
+            "holdout_fraction": float(holdout_fraction),
+            "seed": int(seed),
+            "epochs": float(epochs),
+            "lr": float(lr) if lr else float("nan"),
+            "batch_size": int(batch_size or 0),
+            "label_map": _pairs(label_map, "from", "to"),
+        },
+        "split": (
+            f"stratified hold-out of the {len(y_all)} labelled reference cells: {len(tr)} train "
+            f"(model and baseline fitted), {len(ho)} held out (temperature, accuracy, ECE; "
+            f"{holdout_fraction:.0%}, seed {seed})"
+        ),
+        "holdout": held,
+        "better_method": (
+            "model"
+            if "model" in held and held["model"]["accuracy"] > held[BASELINE]["accuracy"]
+            else BASELINE
+        ),
+        "n_cells": n,
+        "unassigned_cells": n_unassigned,
+        "unassigned_fraction": n_unassigned / n if n else float("nan"),
+        "novel_cells": int(novel.sum()),
+        "novel_fraction": float(novel.mean()) if n else float("nan"),
+        "novelty_threshold": novelty.threshold,
+        "novelty_expected_fraction": 1.0 - novelty_quantile,
+        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
+        "seconds": time.perf_counter() - t_start,
+    }
+    qkey = query_label_key
+    if qkey is not None:
+        if qkey not in adata.obs:
+            raise InputError(
+                f"query has no label column {qkey!r} (columns: {list(adata.obs.columns)})"
+            )
+        truth = adata.obs[qkey]
+        has = truth.notna().to_numpy()
+        truth_raw = truth.astype(str).to_numpy()[has]
+        preds = {name: p[has] for name, p in per_method.items()}
+        preds["majority"] = np.full(int(has.sum()), majority_class)
+        preds["used"] = labels[has]
+        info["query"] = {
+            "label_key": qkey,
+            **_query_scores(truth_raw, label_map, classes, preds),
+            "confusion": confusion(harmonise_labels(truth_raw, label_map), labels[has].astype(str)),
+        }
+    adata.uns.setdefault("lifelm", {})["annotate"] = info
+    return adata if copy else None
+
+
+def _annotate_with_trained(
+    adata: ad.AnnData,
+    model: CellModel | KnnAnnotator,
+    min_confidence: float,
+    key_added: str,
+    layer: str | None,
+    query_label_key: str | None,
+    label_map: dict[str, str],
+    copy: bool,
+) -> ad.AnnData | None:
+    """Label with an annotator trained earlier: no reference, so no calibration or baseline."""
+    cm = model.model if isinstance(model, KnnAnnotator) else model
+    classes = model.classes
+    proba = predict_proba(model, cm.tokenizer.encode(adata, layer=layer))
+    labels, conf = call_labels(proba, classes, min_confidence=min_confidence)
+    adata.obs[key_added] = pd.Categorical(labels, categories=[*classes, UNASSIGNED])
+    adata.obs[f"{key_added}_probability"] = conf
+    n_un = int((labels == UNASSIGNED).sum())
+    info: dict[str, Any] = {
+        "method": "model",
+        "method_requested": "model",
+        "mode": "knn" if isinstance(model, KnnAnnotator) else "finetune",
+        "classes": classes,
+        "key_added": key_added,
+        "model": str(cm.folder or ""),
+        "tokenizer_sha256": cm.tokenizer.hash(),
+        "calibration": "not checked: no reference was given, probabilities are uncalibrated",
+        "baseline": "not run: no reference was given",
+        "settings": {
+            "min_confidence": float(min_confidence),
+            "label_map": _pairs(label_map, "from", "to"),
+        },
+        "n_cells": adata.n_obs,
+        "unassigned_cells": n_un,
+        "unassigned_fraction": n_un / adata.n_obs if adata.n_obs else float("nan"),
+        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
+    }
+    if query_label_key is not None:
+        truth = adata.obs[query_label_key]
+        has = truth.notna().to_numpy()
+        info["query"] = {
+            "label_key": query_label_key,
+            **_query_scores(
+                truth.astype(str).to_numpy()[has], label_map, classes, {"used": labels[has]}
+            ),
+        }
+    log.warning(
+        "annotating with a trained classifier and no reference: no held-out calibration and no "
+        "baseline comparison; give --reference to get both"
+    )
+    adata.uns.setdefault("lifelm", {})["annotate"] = info
+    return adata if copy else None
+
+
+def annotation_summary(info: dict[str, Any]) -> list[str]:
+    """Plain-language lines about an annotation run (from ``.uns["lifelm"]["annotate"]``)."""
+    lines = []
+    n = info["n_cells"]
+    lines.append(
+        f"{n} cells labelled by {info['method']}"
+        f"{' (auto)' if info['method_requested'] == 'auto' else ''}; "
+        f"Unassigned (calibrated probability < {info['settings']['min_confidence']:g}): "
+        f"{info['unassigned_cells']} ({info['unassigned_fraction']:.1%})"
+        + (
+            f"; far from every reference class (novel): {info['novel_cells']} "
+            f"({info['novel_fraction']:.1%}, ~{info['novelty_expected_fraction']:.0%} expected by chance)"
+            if "novel_cells" in info
+            else ""
+        )
+    )
+    held = info.get("holdout")
+    if held:
+        parts = [f"majority {held['majority']['accuracy']:.3f}"]
+        for key, name in ((BASELINE, "PCA+logreg"), ("model", "model")):
+            if key in held:
+                h = held[key]
+                parts.append(
+                    f"{name} {h['accuracy']:.3f} (ECE {h['ece_before']:.3f}, "
+                    f"temperature-scaled {h.get('ece_scaled', h['ece']):.3f}"
+                    f"{'' if h.get('temperature_applied', True) else ' so not applied'})"
+                )
+        lines.append("held-out reference accuracy: " + ", ".join(parts))
+        if "model" in held and info["better_method"] == BASELINE:
+            lines.append(
+                "the model loses to logistic regression on PCA (--method baseline) on held-out "
+                f"reference cells: {held['model']['accuracy']:.3f} vs "
+                f"{held[BASELINE]['accuracy']:.3f}"
+                + (" (auto used the baseline)" if info["method_requested"] == "auto" else "")
+            )
+        if held[BASELINE]["accuracy"] <= held["majority"]["accuracy"] and (
+            "model" not in held or held["model"]["accuracy"] <= held["majority"]["accuracy"]
+        ):
+            lines.append(
+                "warning: no method beats the majority class on held-out reference cells; "
+                "do not trust these labels"
+            )
+    else:
+        lines.append(f"warning: {info.get('calibration', '')}; {info.get('baseline', '')}")
+    if "novel_fraction" in info and info["novel_fraction"] > 5 * max(
+        info["novelty_expected_fraction"], 0.01
+    ):
+        lines.append(
+            f"warning: {info['novel_fraction']:.0%} of query cells lie farther from the reference "
+            "than held-out reference cells do: a batch effect or cell types the reference lacks"
+        )
+    q = info.get("query")
+    if q:
+        used = q["used"]
+        lines.append(
+            f"query labels ({q['label_key']}): accuracy {used['accuracy']:.3f} over all {q['n']} "
+            f"cells, {used['accuracy_mapped']:.3f} over the {q['n_mapped']} with a reference class, "
+            f"{used['accuracy_assigned_mapped']:.3f} over those assigned; majority class "
+            f"{q['majority']['accuracy']:.3f}"
+        )
+        if q["unmapped"]["label"]:
+            lines.append(
+                "query classes the reference lacks (counted as errors): "
+                + ", ".join(f"{k}: {v}" for k, v in as_dict(q["unmapped"]).items())
+            )
+    return lines

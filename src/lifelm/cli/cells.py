@@ -178,18 +178,44 @@ def embed(
     )
 
 
+LABEL_MAP = Annotated[
+    Path | None,
+    typer.Option(
+        help="Harmonise labels across studies: a .tsv/.csv (query label, reference label) or a "
+        ".json {query label: reference label}; applied to both reference and query labels.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
 @app.command()
 def annotate(
     data: H5AD,
-    model: MODEL,
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Output .h5ad with .obs[KEY] and .obs[KEY_probability]."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output .h5ad with .obs[KEY], KEY_probability, KEY_novel, KEY_model, KEY_baseline.",
+        ),
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Pretrained model folder (e.g. runs/x/model), or a fine-tuned classifier "
+            "(used as is, no reference). Optional with --method baseline.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
     reference: Annotated[
         Path | None,
         typer.Option(
-            help="Labelled .h5ad to learn from (needed unless --model is already a classifier).",
+            help="Labelled .h5ad to learn from; also used to fit the PCA+logreg baseline, "
+            "calibrate and compare on a held-out part.",
             exists=True,
             dir_okay=False,
         ),
@@ -197,48 +223,109 @@ def annotate(
     label_key: Annotated[
         str, typer.Option(help="Label column in the reference's .obs.")
     ] = "cell_type",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="Which labels to write: auto (whichever was more accurate on held-out "
+            "reference cells), model, or baseline (logistic regression on PCA)."
+        ),
+    ] = "auto",
     mode: Annotated[
         str,
         typer.Option(
-            help="finetune (train a head end to end) or knn (few labels; frozen embeddings)."
+            help="How the model learns: finetune (head from a linear probe, then end to end) or "
+            "knn (frozen embeddings)."
         ),
     ] = "finetune",
-    epochs: Annotated[float, typer.Option(help="Fine-tuning passes over the reference.")] = 3.0,
+    min_confidence: Annotated[
+        float,
+        typer.Option(help="Cells with a calibrated probability below this are 'Unassigned'."),
+    ] = 0.5,
+    novelty_quantile: Annotated[
+        float,
+        typer.Option(
+            help="Flag cells farther from the reference than this quantile of held-out "
+            "reference cells (in PCA space) as novel."
+        ),
+    ] = 0.99,
+    holdout_fraction: Annotated[
+        float, typer.Option(help="Reference cells held out for calibration and the comparison.")
+    ] = 0.2,
+    label_map: LABEL_MAP = None,
+    query_label_key: Annotated[
+        str | None,
+        typer.Option(help="Label column of the query, to score it (classes it lacks are counted)."),
+    ] = None,
+    epochs: Annotated[float, typer.Option(help="Fine-tuning passes over the reference.")] = 2.0,
+    lr: Annotated[
+        float | None, typer.Option(help="Fine-tuning learning rate (default 5e-4).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Fine-tuning cells per step (default 32).")
+    ] = None,
     save: Annotated[
         Path | None,
         typer.Option(help="Keep the fine-tuned classifier in this folder (reusable as --model)."),
     ] = None,
     key_added: Annotated[str, typer.Option(help="Name of the .obs column.")] = "lifelm_cell_type",
+    seed: Annotated[int, typer.Option(help="Hold-out split, baseline and fine-tuning seed.")] = 0,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write .uns['lifelm']['annotate'] as JSON here."),
+    ] = None,
     layer: LAYER = None,
     device: DEVICE = "auto",
 ) -> None:
-    """Predict cell types for a query dataset, learning labels from a reference if needed."""
+    """Predict cell types for a query: calibrated probabilities, 'Unassigned' below
+    --min-confidence, novel cells flagged, and the PCA+logreg baseline fitted on the same
+    reference and compared on held-out cells (see docs/cells-annotate.md)."""
+    from lifelm._core.runfolder import atomic_output, check_output_path
+    from lifelm.cells import annotate as run
+    from lifelm.cells import annotation_summary, read_label_map
     from lifelm.io.h5ad import read_h5ad
-    from lifelm.tasks.cells.annotate import annotate as run
-    from lifelm.tasks.cells.annotate import train_annotator
-    from lifelm.tasks.cells.model_io import load_cell_model
 
-    if mode not in ("finetune", "knn"):
-        raise typer.BadParameter("--mode must be finetune or knn")
+    check_output_path(out, kind="file", suffixes=(".h5ad",))
     adata = read_h5ad(data)
-    annotator = load_cell_model(model, device="cpu")
-    if not annotator.is_classifier:
-        if reference is None:
-            raise typer.BadParameter("--reference is needed: --model has no classification head")
-        annotator = train_annotator(
-            read_h5ad(reference),
-            annotator,
-            label_key=label_key,
-            mode=mode,
-            epochs=epochs,
-            out_dir=save,
-            layer=layer,
-            device=device,
-        )  # type: ignore[assignment,arg-type]
-    run(adata, annotator, layer=layer, key_added=key_added, device=device)
-    adata.write_h5ad(out, compression="gzip")
-    counts = adata.obs[key_added].value_counts().head(10).to_dict()
-    typer.echo(f"wrote {out}; predicted labels: {counts}")
+    run(
+        adata,
+        model,
+        reference=reference,
+        label_key=label_key,
+        method=method,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        min_confidence=min_confidence,
+        novelty_quantile=novelty_quantile,
+        holdout_fraction=holdout_fraction,
+        label_map=read_label_map(label_map) if label_map else None,
+        query_label_key=query_label_key,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        out_dir=save,
+        layer=layer,
+        key_added=key_added,
+        seed=seed,
+        device=device,
+    )
+    info = adata.uns["lifelm"]["annotate"]
+    with atomic_output(out) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+    if json_out:
+        with atomic_output(json_out) as tmp:
+            Path(tmp).write_text(json.dumps(info, indent=2, default=_jsonable))
+    typer.echo(f"wrote {out}")
+    for line in annotation_summary(info):
+        typer.echo(line)
+
+
+def _jsonable(value: object) -> object:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
 
 
 @app.command()
@@ -267,6 +354,7 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the tables as JSON here.")
     ] = None,
+    label_map: LABEL_MAP = None,
     layer: LAYER = None,
     device: DEVICE = "auto",
 ) -> None:
@@ -285,6 +373,8 @@ def evaluate(
         if finetune_steps
         else None
     )
+    from lifelm.evaluation.benchmarks.annotation import read_label_map
+
     bench = run_annotation_benchmark(
         read_h5ad(data),
         model,
@@ -295,6 +385,7 @@ def evaluate(
         seed=seed,
         finetune=ft,
         layer=layer,
+        label_map=read_label_map(label_map) if label_map else None,
         device=device,
     )
     typer.echo(bench.to_markdown())

@@ -92,3 +92,16 @@ class PcaLogReg:
     def predict(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
         x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
         return self.model.predict(x)  # type: ignore[attr-defined]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in the column order of :meth:`predict_proba`."""
+        return [str(c) for c in self.model.classes_]  # type: ignore[attr-defined]
+
+    def predict_proba(
+        self, adata: ad.AnnData, layer: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (columns in :attr:`classes` order) and the PCA embedding."""
+        x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
+        pcs = self.model[:-1].transform(x)  # type: ignore[index]
+        return self.model[-1].predict_proba(pcs), pcs  # type: ignore[index]

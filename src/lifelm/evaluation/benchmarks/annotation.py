@@ -1,8 +1,10 @@
 """Cell-type annotation benchmark: the model next to simple baselines on held-out cells.
 
 Split: either a stratified random split of one labelled dataset (``test_fraction``, seeded), or
-a reference dataset for training and a query dataset from another study for testing. Test cells
-whose label never occurs in training are left out of the scores and counted.
+a reference dataset for training and a query dataset from another study for testing. Labels of
+two studies are harmonised with ``label_map``. Test cells whose label never occurs in training
+stay in the denominator: ``accuracy`` is over all labelled test cells (they count as errors) and
+``accuracy_mapped`` over those with a label the reference has; the left-out labels are counted.
 
 Rows of the table (same train and test cells for all):
 
@@ -18,6 +20,9 @@ LifeLM embedding next to the PCA embedding of the baseline.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +36,16 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from lifelm._core.errors import InputError
 from lifelm.evaluation.baselines.annotation import PcaLogReg, majority_baseline
 from lifelm.evaluation.metrics.classification import classification_scores
 from lifelm.evaluation.metrics.embedding import embedding_scores
-from lifelm.tasks.cells.annotate import fit_knn, predict_proba, train_annotator
+from lifelm.tasks.cells.annotate import (
+    TrainingFailedError,
+    fit_knn,
+    predict_proba,
+    train_annotator,
+)
 from lifelm.tasks.cells.embed import as_cell_model, embed_tokens
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.training.loop import TrainConfig
@@ -63,6 +74,63 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+def read_label_map(path: str | Path) -> dict[str, str]:
+    """Read a label map: JSON object, or a two-column TSV/CSV (query label, reference label).
+
+    A header row is allowed when its first cell is ``query``, ``from`` or ``source``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"label map {path} is not a file; give a .json, .tsv or .csv file")
+    text = path.read_text()
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"label map {path} is not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise InputError(
+                f"label map {path} must be a JSON object {{query label: reference label}}"
+            )
+        return {str(k): str(v) for k, v in data.items()}
+    sep = "," if path.suffix.lower() == ".csv" else "\t"
+    out: dict[str, str] = {}
+    for n, row in enumerate(csv.reader(io.StringIO(text), delimiter=sep), 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2:
+            raise InputError(
+                f"label map {path}, line {n}: expected 2 columns (query label, reference label) "
+                f"separated by {'a comma' if sep == ',' else 'a tab'}, found {len(row)}"
+            )
+        if n == 1 and row[0].strip().lower() in {"query", "from", "source"}:
+            continue
+        out[row[0].strip()] = row[1].strip()
+    if not out:
+        raise InputError(f"label map {path} has no entries")
+    return out
+
+
+def harmonise_labels(labels: Any, label_map: dict[str, str] | None) -> np.ndarray:
+    """Labels as strings, each replaced by ``label_map[label]`` when it is a key."""
+    arr = np.asarray(pd.Series(labels).astype(str), dtype=object)
+    if label_map:
+        arr = np.array([label_map.get(v, v) for v in arr], dtype=object)
+    return arr.astype(str)
+
+
+def unmapped_counts(labels: np.ndarray) -> dict[str, int]:
+    """Cells per label, most frequent first."""
+    values, counts = np.unique(np.asarray(labels, dtype=str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {str(values[i]): int(counts[i]) for i in order}
+
+
+def _fmt_counts(counts: dict[str, int], top: int = 8) -> str:
+    items = [f"{k}: {v}" for k, v in list(counts.items())[:top]]
+    return ", ".join(items) + (", …" if len(counts) > top else "")
+
+
 def _split(
     adata: ad.AnnData, label_key: str, test_fraction: float, seed: int
 ) -> tuple[ad.AnnData, ad.AnnData]:
@@ -87,6 +155,7 @@ def run_annotation_benchmark(
     seed: int = 0,
     finetune: TrainConfig | None = None,
     layer: str | None = None,
+    label_map: dict[str, str] | None = None,
     device: str = "auto",
 ) -> AnnotationBenchmark:
     """Score LifeLM annotation and the baselines on the same held-out cells.
@@ -111,11 +180,20 @@ def run_annotation_benchmark(
         Fine-tune a classification head with these settings (skipped when ``None``).
     layer
         Where the counts are, if not found automatically.
+    label_map
+        Harmonises labels across studies: every label (of the reference or the query) that is a
+        key is replaced by its value. Test cells whose label the reference does not have after
+        the map are reported per label in ``info["unmapped"]``, count as errors in ``accuracy``
+        and are left out of ``accuracy_mapped``; they are never dropped silently.
     device
         ``auto``, ``cpu`` or ``cuda``.
     """
     cm = as_cell_model(model, device)
+    label_map = dict(label_map or {})
     adata = adata[adata.obs[label_key].notna()]
+    if label_map:
+        adata = adata.copy()
+        adata.obs[label_key] = harmonise_labels(adata.obs[label_key], label_map)
     if query is None:
         train_ad, test_ad = _split(adata, label_key, test_fraction, seed)
         split = (
@@ -123,26 +201,52 @@ def run_annotation_benchmark(
             f"{test_ad.n_obs} test ({test_fraction:.0%}, seed {seed})"
         )
         qkey = label_key
+        raw_te = test_ad.obs[qkey].astype(str).to_numpy()
     else:
         qkey = query_label_key or label_key
+        if qkey not in query.obs:
+            raise InputError(
+                f"the query has no label column {qkey!r} (columns: {list(query.obs.columns)}); "
+                "pass --query-label-key"
+            )
         train_ad = adata.to_memory() if adata.isbacked else adata
         test_ad = query[query.obs[qkey].notna()]
         test_ad = test_ad.to_memory() if test_ad.isbacked else test_ad.copy()
+        raw_te = test_ad.obs[qkey].astype(str).to_numpy()
         split = (
             f"train on all {train_ad.n_obs} reference cells, test on {test_ad.n_obs} query cells"
         )
     y_tr = train_ad.obs[label_key].astype(str).to_numpy()
-    y_te_all = test_ad.obs[qkey].astype(str).to_numpy()
-    seen = np.isin(y_te_all, np.unique(y_tr))
-    if not seen.all():
-        split += f"; {int((~seen).sum())} test cells with labels unseen in training left out"
-    test_ad = test_ad[seen].copy()
-    y_te = y_te_all[seen]
+    y_te = harmonise_labels(raw_te, label_map)
+    mapped = np.isin(y_te, np.unique(y_tr))
+    unmapped = unmapped_counts(raw_te[~mapped])
+    if not mapped.all():
+        split += (
+            f"; {int((~mapped).sum())} test cells have labels the reference does not have"
+            f"{' after the label map' if label_map else ''} ({_fmt_counts(unmapped)}): they count "
+            f"as errors in accuracy (all {len(y_te)} cells) and are left out of accuracy_mapped "
+            f"({int(mapped.sum())} cells)"
+        )
+    if not mapped.any():
+        raise InputError(
+            f"no test cell has a label the reference has (test labels: {_fmt_counts(unmapped)}; "
+            f"reference labels: {sorted(np.unique(y_tr))[:20]}). Harmonise them with --label-map "
+            "FILE (query label -> reference label) or label_map= in Python"
+        )
 
     rows: dict[str, dict[str, float]] = {}
 
     def score(name: str, pred: np.ndarray, t0: float) -> None:
-        rows[name] = {**classification_scores(y_te, pred), "seconds": time.perf_counter() - t0}
+        pred = np.asarray(pred, dtype=str)
+        mapped_scores = classification_scores(y_te[mapped], pred[mapped])
+        rows[name] = {
+            "accuracy": float((pred == y_te).mean()),
+            "accuracy_mapped": mapped_scores["accuracy"],
+            "macro_f1": mapped_scores["macro_f1"],
+            "n": len(y_te),
+            "n_mapped": int(mapped.sum()),
+            "seconds": time.perf_counter() - t0,
+        }
 
     t0 = time.perf_counter()
     score("majority", majority_baseline(y_tr, len(y_te)), t0)
@@ -178,16 +282,27 @@ def run_annotation_benchmark(
 
     if finetune is not None:
         t0 = time.perf_counter()
-        clf = train_annotator(
-            train_ad, cm, label_key=label_key, mode="finetune", train_config=finetune, layer=layer
-        )
-        proba = predict_proba(clf, cells_te)
-        pred = np.array(clf.classes, dtype=object)[np.nan_to_num(proba).argmax(1)]
-        score("lifelm_finetune", np.where(ok_te, pred, "unassigned").astype(str), t0)
+        try:
+            clf = train_annotator(
+                train_ad,
+                cm,
+                label_key=label_key,
+                mode="finetune",
+                train_config=finetune,
+                layer=layer,
+                classes=classes,
+            )
+        except TrainingFailedError as e:  # stated in the split line, not hidden
+            split += f"; lifelm_finetune left out: {e}"
+        else:
+            proba = predict_proba(clf, cells_te)
+            pred = np.array(clf.classes, dtype=object)[np.nan_to_num(proba).argmax(1)]
+            score("lifelm_finetune", np.where(ok_te, pred, "unassigned").astype(str), t0)
 
     table = pd.DataFrame(rows).T
     table.index.name = "method"
     table["n"] = table["n"].astype(int)
+    table["n_mapped"] = table["n_mapped"].astype(int)
     emb_rows = {
         "lifelm": embedding_scores(emb_te, y_te),
         "pca_hvg": embedding_scores(pca.transform(test_ad, layer), y_te),
@@ -198,5 +313,13 @@ def run_annotation_benchmark(
         table=table,
         embedding=embedding,
         split=split,
-        info={"model": str(cm.folder), "label_key": label_key, "n_classes": len(np.unique(y_tr))},
+        info={
+            "model": str(cm.folder),
+            "label_key": label_key,
+            "n_classes": len(np.unique(y_tr)),
+            "n_test": len(y_te),
+            "n_mapped": int(mapped.sum()),
+            "unmapped": unmapped,
+            "label_map": label_map,
+        },
     )
