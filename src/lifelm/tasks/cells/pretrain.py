@@ -12,6 +12,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from lifelm._core.runfolder import atomic_output
 from lifelm._core.runtime import dist_env, get_logger, seed_everything
 from lifelm.data.cells.datasets import CellTokens, MaskedGeneCollator
 from lifelm.data.cells.tokenizer import RankValueTokenizer, TokenizedCells
@@ -208,8 +209,8 @@ def _h5ad_spec(
     else:
         tokenizer = RankValueTokenizer.fit(adatas, layer=layer, max_length=length)
         if dist_env().is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            tok_path.write_text(json.dumps(tokenizer.to_dict()))
+            with atomic_output(tok_path) as tmp:
+                tmp.write_text(json.dumps(tokenizer.to_dict()))
     cells, report = tokenize_corpus(adatas, tokenizer, layer=layer, min_genes=min_genes)
     digest = hashlib.sha256(cells.offsets.tobytes() + cells.tokens.tobytes()).hexdigest()
     report["tokens_sha256"] = digest  # the data as trained on, also for in-memory AnnData
