@@ -151,7 +151,14 @@ def _pairs(mapping: dict[Any, Any], key: str, value: str) -> dict[str, list[Any]
 
 
 def as_dict(pairs: dict[str, list[Any]]) -> dict[str, Any]:
-    """The inverse of the two-list form in ``.uns`` (e.g. ``as_dict(info["query"]["unmapped"])``)."""
+    """The inverse of the two-list form in ``.uns``.
+
+    h5ad cannot store keys like ``"CD4+/CD25 T Reg"``, so label-keyed records are saved as two
+    lists; this turns them back into a dict.
+
+    >>> as_dict({"label": ["B", "NK"], "cells": [3, 5]})
+    {'B': 3, 'NK': 5}
+    """
     a, b = list(pairs.values())
     return dict(zip(a, b, strict=True))
 
@@ -541,7 +548,19 @@ def _annotate_with_trained(
 
 
 def annotation_summary(info: dict[str, Any]) -> list[str]:
-    """Plain-language lines about an annotation run (from ``.uns["lifelm"]["annotate"]``)."""
+    """Plain-language lines about an annotation run, as the CLI prints them.
+
+    Parameters
+    ----------
+    info
+        ``adata.uns["lifelm"]["annotate"]`` of an annotated AnnData.
+
+    Returns
+    -------
+    One line each: what labelled the cells and how many abstained, the held-out comparison of
+    the model with the baselines (and which one loses), warnings, and query accuracy when the
+    query has labels.
+    """
     lines = []
     n = info["n_cells"]
     lines.append(
