@@ -74,10 +74,26 @@ CHECKPOINT_EVERY = Annotated[
 ]
 
 
-def _train_config(**kw: object):
+def _train_config(
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    checkpoint_every: int,
+    seed: int,
+    device: Device,
+):
     from lifelm.training.loop import TrainConfig
 
-    return TrainConfig(**kw)  # type: ignore[arg-type]
+    return TrainConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device.value,
+    )
 
 
 def _done(res) -> None:
@@ -128,15 +144,7 @@ def pretrain(
         held_out_genomes=held_out,
         dedupe=not no_dedupe,
         max_genes=max_genes,
-        train_config=_train_config(
-            max_steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            warmup_steps=warmup,
-            checkpoint_every=checkpoint_every,
-            seed=seed,
-            device=device.value,
-        ),
+        train_config=_train_config(steps, batch_size, lr, warmup, checkpoint_every, seed, device),
         resume=resume,
         seed=seed,
     )
@@ -177,15 +185,7 @@ def finetune(
         annotation=annotation,
         mode=mode.value,
         row_len=row_len,
-        train_config=_train_config(
-            max_steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            warmup_steps=warmup,
-            checkpoint_every=checkpoint_every,
-            seed=seed,
-            device=device.value,
-        ),
+        train_config=_train_config(steps, batch_size, lr, warmup, checkpoint_every, seed, device),
         resume=resume,
         seed=seed,
     )
