@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lifelm.cli import cells_perturb, corpus
+from lifelm.cli import cells_import, cells_perturb, corpus
 
 app = typer.Typer(
     help="Single-cell models: pretrain, embed, annotate, evaluate.", no_args_is_help=True
@@ -44,6 +44,7 @@ DEVICE = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda."
 # commands defined in their own modules: perturb/targets (in-silico perturbation), corpus (stores)
 cells_perturb.register(app)
 corpus.register(app)
+cells_import.register(app)  # import-model (published checkpoints)
 
 
 def _train_config(**kw: object):
@@ -154,13 +155,35 @@ def embed(
     key_added: Annotated[str, typer.Option(help="Name of the .obsm entry.")] = "X_lifelm",
     layer: LAYER = None,
     device: DEVICE = "auto",
+    quantize: Annotated[
+        str, typer.Option(help="none, or int8: dynamic int8 linear layers (CPU; lossy).")
+    ] = "none",
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the forward (compiles first).")
+    ] = False,
+    precision: Annotated[
+        str, typer.Option(help="auto, fp32 or bf16 (CPU: needs AVX-512 BF16/AMX, else fp32).")
+    ] = "auto",
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Worker processes pinned to disjoint cores.")
+    ] = 1,
 ) -> None:
     """Embed every cell with a pretrained model and write the AnnData with .obsm[KEY]."""
     from lifelm.io.h5ad import read_h5ad
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques
     from lifelm.tasks.cells.embed import embed as run
 
     adata = read_h5ad(data)
-    run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
+    tech = CpuTechniques(quantize=quantize, compile=compile_, precision=precision, jobs=jobs)
+    run(
+        adata,
+        model,
+        layer=layer,
+        batch_size=batch_size,
+        device=device,
+        key_added=key_added,
+        techniques=tech,
+    )
     adata.write_h5ad(out, compression="gzip")
     typer.echo(
         f"wrote {out} ({adata.n_obs} cells, .obsm['{key_added}'] {adata.obsm[key_added].shape[1]}-d)"
