@@ -237,3 +237,82 @@ def test_errors_name_the_fix(tmp_path, cells):
     (tmp_path / "token_dictionary_gc30M.pkl").unlink()
     with pytest.raises(LifeLMError, match="token_dictionary"):
         load_cell_model(tmp_path)
+
+
+def test_cli_import_then_embed_with_cpu_options(tmp_path, cells, capsys):
+    import anndata as ad
+
+    from lifelm.cli import main
+
+    gf_dir = tmp_path / "gf"
+    gf_dir.mkdir()
+    write_geneformer(gf_dir, cells, version="V2", max_position=24)
+    h5 = tmp_path / "cells.h5ad"
+    cells.write_h5ad(h5)
+
+    def run(*args: str) -> int:
+        try:
+            main(list(args))
+        except SystemExit as e:
+            return int(e.code or 0)
+        return 0
+
+    assert run("cells", "import-model", "geneformer", str(gf_dir), "-o", str(tmp_path / "m")) == 0
+    assert "Geneformer V2" in capsys.readouterr().out
+    out = tmp_path / "emb.h5ad"
+    assert (
+        run(
+            "cells",
+            "embed",
+            str(h5),
+            "-m",
+            str(tmp_path / "m"),
+            "-o",
+            str(out),
+            "--quantize",
+            "int8",
+        )
+        == 0
+    )
+    res = ad.read_h5ad(out)
+    assert res.uns["lifelm"]["embed"]["techniques"]["quantize"] == "int8"
+    assert np.isfinite(res.obsm["X_lifelm"]).all()
+    # a user error is one line, exit 2
+    code = run(
+        "cells", "embed", str(h5), "-m", str(tmp_path / "m"), "-o", str(out), "--quantize", "int4"
+    )
+    assert code == 2
+    assert "quantize" in capsys.readouterr().err
+
+
+def test_screen_interface_on_imported_model(gf, cells):
+    """The first-order screen's hooks (inputs_embeds, gate, position_shift) in LifeLM's layout."""
+    from lifelm.data.cells.datasets import pad_cells
+    from lifelm.tasks.cells.model_io import load_cell_model
+    from lifelm.tasks.cells.perturb import fast_scan, scan_cells
+
+    folder = gf[0]
+    cm = load_cell_model(folder)
+    trunk = cm.trunk
+    tc = cm.tokenizer.encode(cells)
+    ids = pad_cells([tc[i] for i in range(3)], trunk.config.max_length)
+    with torch.no_grad():
+        plain = trunk.embed(ids)
+        x0 = trunk.input_embedding(ids)
+        gated = trunk.embed(ids, inputs_embeds=x0, gate=torch.ones(ids.shape))
+        np.testing.assert_allclose(gated.numpy(), plain.numpy(), atol=1e-6)
+        # moving the gene at LifeLM position 3 up to 2 changes its input by position_shift(2, 3)
+        moved = ids.clone()
+        moved[:, 2], moved[:, 3] = ids[:, 3], ids[:, 2]
+        diff = trunk.input_embedding(moved)[:, 2] - x0[:, 3]
+        np.testing.assert_allclose(
+            diff.numpy(), trunk.position_shift(2, 3).expand(3, -1).numpy(), atol=1e-6
+        )
+    one = tc.subset(np.array([0]))
+    res, est = fast_scan(cm, one, top=5, progress=False)
+    assert np.isfinite(est[0]).all()
+    assert len(est[0]) == len(one[0])
+    exact = scan_cells(cm, one, progress=False)
+    by_gene = dict(zip(exact.target_tokens().tolist(), exact.shift.tolist(), strict=True))
+    for tok_, shift in zip(res.target_tokens().tolist(), res.shift.tolist(), strict=True):
+        assert shift == pytest.approx(by_gene[tok_], abs=1e-6)
