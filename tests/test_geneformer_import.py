@@ -308,6 +308,10 @@ def test_screen_interface_on_imported_model(gf, cells):
         np.testing.assert_allclose(
             diff.numpy(), trunk.position_shift(2, 3).expand(3, -1).numpy(), atol=1e-6
         )
+    table = trunk.gene_embedding.weight  # LifeLM ids -> Geneformer rows (used by `respond`)
+    np.testing.assert_array_equal(
+        table[5].numpy(), trunk.word_embeddings.weight[trunk.token_map[5]].detach().numpy()
+    )
     one = tc.subset(np.array([0]))
     res, est = fast_scan(cm, one, top=5, progress=False)
     assert np.isfinite(est[0]).all()

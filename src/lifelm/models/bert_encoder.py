@@ -127,6 +127,11 @@ class BertEncoder(nn.Module):
         self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.n_layers))
         self.register_buffer("token_map", torch.zeros(cfg.vocab_size, dtype=torch.long))
 
+    @property
+    def gene_embedding(self) -> nn.Embedding:
+        """Input embedding table indexed by LifeLM token ids (a frozen copy; for gene features)."""
+        return nn.Embedding.from_pretrained(self.word_embeddings.weight[self.token_map].detach())
+
     # ------------------------------------------------------------------ inputs
     def _positions(self, t: int, device: torch.device) -> torch.Tensor:
         pos = (torch.arange(t, device=device) - self.config.offset).clamp_min(0)
@@ -171,7 +176,10 @@ class BertEncoder(nn.Module):
         cfg = self.config
         keep = input_ids.ne(PAD_ID) if attention_mask is None else attention_mask.bool()
         b, t = input_ids.shape
-        n = max(int(keep.sum(1).max()), 1)  # real width (trailing padding columns are dropped)
+        need = t - cfg.offset + (cfg.special == "cls_eos")  # BERT positions this width takes
+        # trailing padding columns are dropped only when the width would not fit (a data-dependent
+        # width breaks torch.compile graphs; padding keys are masked either way)
+        n = t if need <= cfg.max_position else max(int(keep.sum(1).max()), 1)
         lengths = keep[:, :n].sum(1)  # tokens per row incl. the [CLS] slot
         x = (
             self.input_embedding(input_ids[:, :n])
