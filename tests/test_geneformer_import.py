@@ -320,3 +320,29 @@ def test_screen_interface_on_imported_model(gf, cells):
     by_gene = dict(zip(exact.target_tokens().tolist(), exact.shift.tolist(), strict=True))
     for tok_, shift in zip(res.target_tokens().tolist(), res.shift.tolist(), strict=True):
         assert shift == pytest.approx(by_gene[tok_], abs=1e-6)
+
+
+def test_finetune_annotator_on_imported_model(tmp_path, cells):
+    """annotate --mode finetune trains a head over the imported encoder and reloads it."""
+    from lifelm.tasks.cells.annotate import train_annotator
+    from lifelm.tasks.cells.import_model import import_geneformer
+    from lifelm.training.loop import TrainConfig
+
+    gf_dir = tmp_path / "gf"
+    gf_dir.mkdir()
+    write_geneformer(gf_dir, cells, version="V1", max_position=32)
+    folder = import_geneformer(gf_dir, tmp_path / "m")
+    cfg = TrainConfig(
+        max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=0, log_every=1
+    )
+    clf = train_annotator(
+        cells,
+        folder,
+        label_key="cell_type",
+        out_dir=tmp_path / "run",
+        train_config=cfg,
+        device="cpu",
+    )
+    assert clf.is_classifier
+    assert type(clf.trunk).__name__ == "BertEncoder"
+    assert clf.classes == sorted(cells.obs["cell_type"].astype(str).unique())

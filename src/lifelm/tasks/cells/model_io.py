@@ -53,7 +53,7 @@ class CellModel:
 
 
 def sidecar(
-    trunk_cfg: CellTransformerConfig,
+    trunk_cfg: CellTransformerConfig | BertEncoderConfig,
     tokenizer: RankValueTokenizer,
     *,
     head: CellClassifierConfig | None = None,
@@ -67,6 +67,8 @@ def sidecar(
         "tokenizer": tokenizer.to_dict(),
         "data": provenance or {},
     }
+    if isinstance(trunk_cfg, BertEncoderConfig):  # a classifier over an imported Geneformer
+        out["trunk"] = BERT_MODEL
     if head is not None:
         out["head"] = {"n_classes": head.n_classes, "hidden": head.hidden, "dropout": head.dropout}
         out["classes"] = list(classes or [])
@@ -100,14 +102,15 @@ def load_cell_model(
     if kind not in (CELL_MODEL, CELL_CLASSIFIER):
         raise CheckpointError(f"{folder}: model_type {kind!r} is not a LifeLM cell model")
     tokenizer = RankValueTokenizer.from_dict(cfg["tokenizer"])
-    trunk_cfg = CellTransformerConfig(**cfg["model"])
+    bert = cfg.get("trunk") == BERT_MODEL
+    trunk_cfg = (BertEncoderConfig if bert else CellTransformerConfig)(**cfg["model"])
     if trunk_cfg.vocab_size != tokenizer.vocab_size:
         raise CheckpointError(
             f"{folder}: model vocab_size {trunk_cfg.vocab_size} != tokenizer vocabulary "
             f"{tokenizer.vocab_size}; the checkpoint is inconsistent"
         )
-    trunk = CellTransformer(trunk_cfg)
-    network: CellTransformer | CellClassifier = trunk
+    trunk = BertEncoder(trunk_cfg) if bert else CellTransformer(trunk_cfg)
+    network: CellTransformer | CellClassifier | BertEncoder = trunk
     if kind == CELL_CLASSIFIER:
         network = CellClassifier(trunk, CellClassifierConfig(**cfg["head"]))
     missing, unexpected = network.load_state_dict(state, strict=False)
