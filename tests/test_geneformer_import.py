@@ -204,27 +204,38 @@ def test_cls_pooling_v2_only(gf, cells):
 
 def test_deletion_shift_equals_hf(gf, cells):
     from lifelm.tasks.cells.model_io import load_cell_model
-    from lifelm.tasks.cells.perturb import scan_cells
+    from lifelm.tasks.cells.perturb import ScanConfig, scan_cells
 
     folder, version, _ = gf
     cm = load_cell_model(folder)
     tc = cm.tokenizer.encode(cells).subset(np.arange(2))
-    res = scan_cells(cm, tc, progress=False)
+    res = scan_cells(cm, tc, config=ScanConfig(gene_shifts=True), progress=False)
     seqs = _lifelm_as_gf(cm, cells)[:2]
     lo = 0 if version == "V1" else 1
 
-    def emb(seq):
+    def genes_hidden(seq):  # {Geneformer token: hidden state} over the genes of a sequence
         h = hf_hidden(folder, [seq], N_LAYERS - 1)[0]
-        return h[lo : len(h) - lo].mean(0)
+        return dict(zip(seq[lo : len(seq) - lo], h[lo : len(h) - lo], strict=True))
+
+    def cosd(a, b):
+        return 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)
 
     tmap = cm.trunk.token_map.numpy()
     checked = 0
     for r in range(0, len(res.shift), 7):  # a sample of rows: each needs its own HF forward
         c, gene = int(res.cell[r]), int(tmap[res.target_tokens()[r]])
-        orig, seq = emb(seqs[c]), [t for t in seqs[c] if t != gene]
-        pert = emb(seq)
-        cos = orig @ pert / np.linalg.norm(orig) / np.linalg.norm(pert)
-        assert res.shift[r] == pytest.approx(1 - cos, abs=1e-5)
+        orig = genes_hidden(seqs[c])
+        pert = genes_hidden([t for t in seqs[c] if t != gene])
+        mean_o, mean_p = np.mean(list(orig.values()), 0), np.mean(list(pert.values()), 0)
+        assert res.shift[r] == pytest.approx(cosd(mean_o, mean_p), abs=1e-5)
+        # every other gene's contextual shift (stored as float16)
+        sl = slice(res.gs_offsets[r], res.gs_offsets[r + 1])
+        affected = tmap[res.affected[sl]]
+        assert sorted(affected.tolist()) == sorted(pert)
+        want = [cosd(orig[g], pert[g]) for g in affected]
+        np.testing.assert_allclose(
+            res.gene_shift[sl].astype(np.float64), want, rtol=2e-3, atol=1e-4
+        )
         checked += 1
     assert checked >= 4
 
