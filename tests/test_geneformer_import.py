@@ -357,3 +357,29 @@ def test_finetune_annotator_on_imported_model(tmp_path, cells):
     assert clf.is_classifier
     assert type(clf.trunk).__name__ == "BertEncoder"
     assert clf.classes == sorted(cells.obs["cell_type"].astype(str).unique())
+
+
+def test_dictionary_folder_with_both_versions(tmp_path, cells):
+    """Geneformer's package keeps gc30M and gc104M pickles side by side: the size picks the right one."""
+    import shutil
+
+    from lifelm._core.errors import LifeLMError
+    from lifelm.tasks.cells.model_io import load_cell_model
+
+    v1, v2, dicts = tmp_path / "v1", tmp_path / "v2", tmp_path / "dicts"
+    for d in (v1, v2, dicts):
+        d.mkdir()
+    write_geneformer(v1, cells, version="V1", max_position=32)
+    write_geneformer(v2, cells, version="V2", max_position=24)
+    for p in [*v1.glob("*.pkl"), *v2.glob("*.pkl")]:
+        shutil.copy(p, dicts / p.name)
+    m1 = load_cell_model(v1, dictionaries=dicts)
+    m2 = load_cell_model(v2, dictionaries=dicts)
+    assert m1.config["data"]["geneformer_version"] == "V1"
+    assert m1.config["data"]["files"]["gene_medians"].endswith("gene_median_dictionary_gc30M.pkl")
+    assert m2.config["data"]["geneformer_version"] == "V2"
+    assert m2.config["data"]["files"]["token_dictionary"].endswith("token_dictionary_gc104M.pkl")
+    # two token dictionaries of the model's size: ambiguous, refused with both names
+    shutil.copy(dicts / "token_dictionary_gc30M.pkl", dicts / "token_dictionary_copy.pkl")
+    with pytest.raises(LifeLMError, match="exactly one token dictionary"):
+        load_cell_model(v1, dictionaries=dicts)
