@@ -81,7 +81,9 @@ def _embed_with(
     if tech.jobs > 1:
         seqs = [cells[i] for i in range(len(cells))]
         for idx, emb in zip(
-            batches, embed_parallel(trunk, seqs, batches, tech, trunk.config.max_length), strict=True
+            batches,
+            embed_parallel(trunk, seqs, batches, tech, trunk.config.max_length),
+            strict=True,
         ):
             out[idx] = emb
         return out
@@ -149,9 +151,7 @@ def embed(
         techniques = None  # all off: the plain path (progress bar included)
     if techniques is not None:
         techniques, notes = resolve(techniques, next(cm.trunk.parameters()).device)
-    adata.obsm[key_added] = embed_tokens(
-        cm, cells, batch_size=batch_size, techniques=techniques
-    )
+    adata.obsm[key_added] = embed_tokens(cm, cells, batch_size=batch_size, techniques=techniques)
     adata.uns.setdefault("lifelm", {})["embed"] = {
         "model": str(cm.folder) if cm.folder else "",
         "tokenizer_sha256": cm.tokenizer.hash(),
