@@ -91,7 +91,7 @@ def resolve(request: CpuTechniques, device: torch.device) -> tuple[CpuTechniques
             notes.append(f"bf16 skipped: {why}; running fp32")
             log.warning("bf16 skipped: %s; running fp32", why)
             out = replace(out, precision="fp32")
-    cores = len(os.sched_getaffinity(0))
+    cores = len(_allowed_cores())
     if request.jobs > cores:
         raise InputError(
             f"--jobs {request.jobs} is more than the {cores} cores this process may use; "
@@ -144,8 +144,15 @@ def embed_fn(
 # ------------------------------------------------------------------ multi-process
 
 
+def _allowed_cores() -> list[int]:
+    """The cores this process may run on (all cores where the OS has no affinity API, e.g. macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def _split_cores(jobs: int) -> list[list[int]]:
-    cores = sorted(os.sched_getaffinity(0))
+    cores = _allowed_cores()
     return [list(map(int, c)) for c in np.array_split(cores, jobs)]
 
 
@@ -160,7 +167,8 @@ def _worker(
     results: object,
 ) -> None:  # pragma: no cover - runs in a child process
     try:
-        os.sched_setaffinity(0, cores)
+        if hasattr(os, "sched_setaffinity"):  # pinning is Linux-only; elsewhere threads only
+            os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))
         from lifelm.data.cells.datasets import pad_cells
 
