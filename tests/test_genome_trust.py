@@ -401,9 +401,9 @@ def test_pretrain_seed_fixes_initial_and_final_weights(tmp_path: Path) -> None:
     from lifelm.tasks.genomes.train import init_codon_model, pretrain
     from lifelm.training.loop import TrainConfig
 
-    a = init_codon_model("test", max_len=64, seed=3).state_dict()
-    b = init_codon_model("test", max_len=64, seed=3).state_dict()
-    c = init_codon_model("test", max_len=64, seed=4).state_dict()
+    a = init_codon_model("test", max_length=64, seed=3).state_dict()
+    b = init_codon_model("test", max_length=64, seed=3).state_dict()
+    c = init_codon_model("test", max_length=64, seed=4).state_dict()
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     assert any(not np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from lifelm.cli import cells_perturb, corpus
+from lifelm.cli import cells_import, cells_perturb, corpus
 
 app = typer.Typer(
     help="Single-cell models: pretrain, embed, annotate, evaluate.", no_args_is_help=True
@@ -44,6 +44,7 @@ DEVICE = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda."
 # commands defined in their own modules: perturb/targets (in-silico perturbation), corpus (stores)
 cells_perturb.register(app)
 corpus.register(app)
+cells_import.register(app)  # import-model (published checkpoints)
 
 
 def _train_config(**kw: object):
@@ -157,11 +158,24 @@ def embed(
     key_added: Annotated[str, typer.Option(help="Name of the .obsm entry.")] = "X_lifelm",
     layer: LAYER = None,
     device: DEVICE = "auto",
+    quantize: Annotated[
+        str, typer.Option(help="none, or int8: dynamic int8 linear layers (CPU; lossy).")
+    ] = "none",
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the forward (compiles first).")
+    ] = False,
+    precision: Annotated[
+        str, typer.Option(help="auto, fp32 or bf16 (CPU: needs AVX-512 BF16/AMX, else fp32).")
+    ] = "auto",
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Worker processes pinned to disjoint cores.")
+    ] = 1,
 ) -> None:
     """Embed every cell with a pretrained model and write the AnnData with .obsm[KEY]."""
     from lifelm._core.errors import naming
     from lifelm._core.runfolder import atomic_output, check_output_path
     from lifelm.io.h5ad import read_h5ad
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques
     from lifelm.tasks.cells.embed import embed as run
 
     # -o is checked before the long part: a file path ending in .h5ad, writable, with room for
@@ -169,8 +183,17 @@ def embed(
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size)
     adata = read_h5ad(data)
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size + 4096 * adata.n_obs)
+    tech = CpuTechniques(quantize=quantize, compile=compile_, precision=precision, jobs=jobs)
     with naming(data):
-        run(adata, model, layer=layer, batch_size=batch_size, device=device, key_added=key_added)
+        run(
+            adata,
+            model,
+            layer=layer,
+            batch_size=batch_size,
+            device=device,
+            key_added=key_added,
+            techniques=tech,
+        )
     with atomic_output(out) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
     typer.echo(

@@ -14,9 +14,11 @@ from lifelm._core.progress import make_progress
 from lifelm._core.runtime import autocast_dtype, get_logger, resolve_device
 from lifelm.data.cells.datasets import length_batches, pad_cells
 from lifelm.data.cells.tokenizer import PAD, TokenizedCells
+from lifelm.tasks.cells.cpu_techniques import CpuTechniques, embed_fn, embed_parallel, resolve
 from lifelm.tasks.cells.model_io import CellModel, load_cell_model
 
 log = get_logger("lifelm.embed")
+DEFAULT_EMBEDDING = "mean over gene tokens of the last layer (after the final LayerNorm)"
 
 
 def as_cell_model(model: CellModel | str | Path, device: str = "auto") -> CellModel:
@@ -33,11 +35,14 @@ def embed_tokens(
     *,
     batch_size: int = 64,
     progress: bool = True,
+    techniques: CpuTechniques | None = None,
 ) -> np.ndarray:
     """Pooled embeddings (n_cells, d_model) as float32; NaN rows for cells with no vocabulary gene.
 
     Cells are batched by length (longest first) so little compute goes to padding; padding keys
     are masked, so a cell's embedding does not depend on its batch-mates or the batch size.
+    ``techniques`` switches on CPU techniques (int8, compile, bf16, worker processes; see
+    :mod:`lifelm.tasks.cells.cpu_techniques`); pass what :func:`resolve` returned.
     """
     trunk = model.trunk
     trunk.eval()
@@ -46,6 +51,8 @@ def embed_tokens(
     out = np.full((len(cells), trunk.config.d_model), np.nan, dtype=np.float32)
     lengths = cells.lengths()
     todo = np.flatnonzero(lengths > 0)
+    if techniques is not None:
+        return _embed_with(trunk, cells, todo, out, batch_size, techniques)
     t0 = time.perf_counter()
     with make_progress(disable=not progress) as bar:
         task = bar.add_task("embedding", total=len(todo), info="")
@@ -94,6 +101,34 @@ def check_embeddings(emb: np.ndarray, lengths: np.ndarray, *, where: str) -> Non
         )
 
 
+def _embed_with(
+    trunk: torch.nn.Module,
+    cells: TokenizedCells,
+    todo: np.ndarray,
+    out: np.ndarray,
+    batch_size: int,
+    tech: CpuTechniques,
+) -> np.ndarray:
+    """:func:`embed_tokens` with CPU techniques: the same length batches, another forward."""
+    device = next(trunk.parameters()).device
+    batches = [todo[b] for b in length_batches(cells.lengths()[todo], batch_size)]
+    if tech.jobs > 1:
+        seqs = [cells[i] for i in range(len(cells))]
+        for idx, emb in zip(
+            batches,
+            embed_parallel(trunk, seqs, batches, tech, trunk.config.max_length),
+            strict=True,
+        ):
+            out[idx] = emb
+        return out
+    fn = embed_fn(trunk, tech, device)
+    with torch.inference_mode():
+        for idx in batches:
+            ids = pad_cells([cells[i] for i in idx], trunk.config.max_length).to(device)
+            out[idx] = fn(ids).float().cpu().numpy()
+    return out
+
+
 def embed(
     adata: ad.AnnData,
     model: CellModel | str | Path,
@@ -103,6 +138,7 @@ def embed(
     device: str = "auto",
     key_added: str = "X_lifelm",
     copy: bool = False,
+    techniques: CpuTechniques | None = None,
 ) -> ad.AnnData | None:
     """Embed every cell with a pretrained cell model.
 
@@ -122,6 +158,10 @@ def embed(
         Name of the ``.obsm`` entry.
     copy
         Return a modified copy instead of writing into ``adata``.
+    techniques
+        CPU techniques (:class:`~lifelm.tasks.cells.cpu_techniques.CpuTechniques`: int8,
+        ``torch.compile``, bf16, worker processes); ``None`` = the plain path. What ran is recorded
+        in ``.uns["lifelm"]["embed"]["techniques"]``.
 
     Returns
     -------
@@ -146,13 +186,20 @@ def embed(
             "%d cells have no gene in the model vocabulary; their embeddings are NaN",
             cells.report["empty_cells"],
         )
-    emb = embed_tokens(cm, cells, batch_size=batch_size)
+    notes: list[str] = []
+    if techniques == CpuTechniques():
+        techniques = None  # all off: the plain path (progress bar included)
+    if techniques is not None:
+        techniques, notes = resolve(techniques, next(cm.trunk.parameters()).device)
+    emb = embed_tokens(cm, cells, batch_size=batch_size, techniques=techniques)
     check_embeddings(emb, cells.lengths(), where=str(cm.folder or "the model"))
     adata.obsm[key_added] = emb
     adata.uns.setdefault("lifelm", {})["embed"] = {
         "model": str(cm.folder) if cm.folder else "",
         "tokenizer_sha256": cm.tokenizer.hash(),
         "key_added": key_added,
+        "embedding": cm.config.get("data", {}).get("embedding", DEFAULT_EMBEDDING),
+        "techniques": {**(techniques or CpuTechniques()).to_dict(), "notes": notes},
         **{k: v for k, v in cells.report.items() if k != "genes"},
         "genes": cells.report["genes"],
     }

@@ -1,0 +1,236 @@
+"""CPU inference techniques for cell embedding, each switchable on its own.
+
+- ``quantize="int8"``: dynamic int8 quantisation of every ``nn.Linear``
+  (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch).
+  Lossy: measure the cost (``benchmarks/cpu_techniques.py``, ``tests/test_cpu_techniques.py``).
+- ``compile=True``: ``torch.compile`` of the embedding forward (dynamic shapes). Compilation
+  takes seconds to minutes, so it is off by default; when it fails (no C compiler, unsupported
+  op) the run falls back to eager and says so.
+- ``precision="bf16"``: bf16 autocast on CPUs with AVX-512 BF16 or AMX (read from
+  ``/proc/cpuinfo``); elsewhere it is skipped with a message and fp32 runs.
+- ``jobs=N``: N worker processes pinned to disjoint blocks of the allowed cores, each with as
+  many torch threads as cores, pulling batches from one shared queue, longest cells first. The
+  batches are the ones a single process makes, so every cell's embedding is computed the same way.
+
+:func:`resolve` turns the request into what will run (and notes why anything was dropped);
+:func:`embed_fn` returns the forward to call; :func:`embed_parallel` runs the workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lifelm._core.errors import InputError
+from lifelm._core.runtime import get_logger
+
+log = get_logger("lifelm.cpu")
+
+
+@dataclass(frozen=True)
+class CpuTechniques:
+    """Which CPU techniques an embedding run uses (all off = plain fp32, one process)."""
+
+    quantize: str = "none"  # none | int8
+    compile: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16
+    jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "int8"):
+            raise InputError(f"quantize {self.quantize!r}: use 'none' or 'int8'")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"precision {self.precision!r}: use auto, fp32 or bf16")
+        if self.jobs < 1:
+            raise InputError(f"jobs={self.jobs}: use 1 or more worker processes")
+        if self.quantize == "int8" and self.precision == "bf16":
+            raise InputError("--quantize int8 and --precision bf16 exclude each other; pick one")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def cpu_bf16_support() -> tuple[bool, str]:
+    """Whether this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX-BF16), and why not."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    have = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    cap = torch.backends.cpu.get_cpu_capability()
+    if have:
+        return True, f"CPU has {', '.join(have)} (torch capability {cap})"
+    return False, f"CPU has neither avx512_bf16 nor amx_bf16 (torch capability {cap})"
+
+
+def resolve(request: CpuTechniques, device: torch.device) -> tuple[CpuTechniques, list[str]]:
+    """What will actually run, and a note for each technique that was dropped."""
+    notes: list[str] = []
+    if device.type != "cpu":
+        if request.quantize != "none" or request.jobs > 1:
+            notes.append(f"int8 and multi-process are CPU techniques; ignored on {device.type}")
+        return replace(request, quantize="none", jobs=1), notes
+    out = request
+    if request.precision == "bf16":
+        ok, why = cpu_bf16_support()
+        if not ok:
+            notes.append(f"bf16 skipped: {why}; running fp32")
+            log.warning("bf16 skipped: %s; running fp32", why)
+            out = replace(out, precision="fp32")
+    cores = len(_allowed_cores())
+    if request.jobs > cores:
+        raise InputError(
+            f"--jobs {request.jobs} is more than the {cores} cores this process may use; "
+            f"use at most {cores}"
+        )
+    return out, notes
+
+
+def quantize_int8(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` with every ``nn.Linear`` dynamically quantised to int8."""
+    with warnings.catch_warnings():  # torch.ao's deprecation notices (the API still works)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(network).eval(), {nn.Linear}, dtype=torch.qint8
+        )
+
+
+def embed_fn(
+    trunk: nn.Module, tech: CpuTechniques, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward ``ids -> (B, D)`` embedding with the techniques of ``tech`` applied."""
+    model = quantize_int8(trunk) if tech.quantize == "int8" else trunk
+    amp = torch.bfloat16 if tech.precision == "bf16" else None
+    if tech.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        amp = torch.bfloat16
+
+    def eager(ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return model.embed(ids, ids.ne(0))
+
+    if not tech.compile:
+        return eager
+    compiled = torch.compile(eager, dynamic=True)
+    state = {"fn": compiled}
+
+    def guarded(ids: torch.Tensor) -> torch.Tensor:
+        try:
+            return state["fn"](ids)
+        except Exception as err:
+            if state["fn"] is eager:
+                raise
+            log.warning("torch.compile failed (%s); running eager", str(err).splitlines()[0][:200])
+            state["fn"] = eager
+            return eager(ids)
+
+    return guarded
+
+
+# ------------------------------------------------------------------ multi-process
+
+
+def _allowed_cores() -> list[int]:
+    """The cores this process may run on (all cores where the OS has no affinity API, e.g. macOS)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _split_cores(jobs: int) -> list[list[int]]:
+    cores = _allowed_cores()
+    return [list(map(int, c)) for c in np.array_split(cores, jobs)]
+
+
+def _worker(
+    rank: int,
+    cores: list[int],
+    trunk: nn.Module,
+    tech: CpuTechniques,
+    cells: list[np.ndarray],
+    max_length: int,
+    tasks: object,
+    results: object,
+) -> None:  # pragma: no cover - runs in a child process
+    try:
+        if hasattr(os, "sched_setaffinity"):  # pinning is Linux-only; elsewhere threads only
+            os.sched_setaffinity(0, cores)
+        torch.set_num_threads(len(cores))
+        from lifelm.data.cells.datasets import pad_cells
+
+        fn = embed_fn(trunk, tech, torch.device("cpu"))
+        with torch.inference_mode():
+            while (item := tasks.get()) is not None:
+                b, idx = item
+                ids = pad_cells([cells[i] for i in idx], max_length)
+                results.put((b, fn(ids).float().numpy()))
+    except BaseException:
+        results.put(("error", f"worker {rank}: {traceback.format_exc()}"))
+
+
+def embed_parallel(
+    trunk: nn.Module,
+    cells: list[np.ndarray],
+    batches: list[np.ndarray],
+    tech: CpuTechniques,
+    max_length: int,
+) -> list[np.ndarray]:
+    """Embeddings of ``batches`` (index arrays into ``cells``) by ``tech.jobs`` pinned workers.
+
+    Returns one (len(batch), D) array per batch, in the order of ``batches``.
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for b, idx in enumerate(batches):  # longest first: the slow batches start first
+        tasks.put((b, np.asarray(idx)))
+    blocks = _split_cores(tech.jobs)
+    for _ in blocks:
+        tasks.put(None)
+    one = replace(tech, jobs=1)
+    procs = [
+        ctx.Process(
+            target=_worker,
+            args=(r, cores, trunk, one, cells, max_length, tasks, results),
+            daemon=True,
+        )
+        for r, cores in enumerate(blocks)
+    ]
+    for p in procs:
+        p.start()
+    out: list[np.ndarray | None] = [None] * len(batches)
+    try:
+        got = 0
+        while got < len(batches):
+            try:
+                b, emb = results.get(timeout=5)
+            except queue.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"embedding worker died (exit code {dead[0].exitcode})"
+                    ) from None
+                continue
+            if b == "error":
+                raise RuntimeError(emb)
+            out[b] = emb
+            got += 1
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    return out  # type: ignore[return-value]
