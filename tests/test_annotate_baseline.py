@@ -142,7 +142,7 @@ def test_cli_annotate_baseline_with_label_map_and_json(cells: ad.AnnData, tmp_pa
             "cells", "annotate", str(tmp_path / "q.h5ad"), "--reference", str(tmp_path / "ref.h5ad"),
             "--method", "baseline", "--label-map", str(tmp_path / "map.csv"),
             "--query-label-key", "study_label", "--min-confidence", "0.6",
-            "-o", str(tmp_path / "out.h5ad"), "--json", str(tmp_path / "run.json"),
+            "-o", str(tmp_path / "out.h5ad"), "--summary", str(tmp_path / "run.json"),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -625,3 +625,27 @@ def annotation_summary(info: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{k}: {v}" for k, v in as_dict(q["unmapped"]).items())
             )
     return lines
+
+
+def write_json(record: dict[str, Any], path: str | Path) -> Path:
+    """Write a run record (e.g. ``.uns["lifelm"]["annotate"]``) as JSON, atomically.
+
+    NumPy scalars and arrays become plain numbers and lists.
+    """
+    import json
+
+    from lifelm._core.runfolder import atomic_output
+
+    def plain(value: object) -> object:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, pd.DataFrame):
+            return value.to_dict("records")
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=plain))
+    return path

@@ -1,56 +1,89 @@
-"""``lifelm cells …``: pretrain, embed, annotate and evaluate single-cell models."""
+"""``lifelm cells …``: pretrain, embed, annotate and evaluate single-cell models.
+
+Thin: each command checks its output path, calls one library function and prints what it did.
+perturb/targets live in cells_perturb.py, corpus stores in corpus.py, import-model in
+cells_import.py. Output columns: docs/cells.md and docs/cells-annotate.md.
+"""
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from lifelm.cli import cells_import, cells_perturb, corpus
-
-app = typer.Typer(
-    help="Single-cell models: pretrain, embed, annotate, evaluate.", no_args_is_help=True
+from lifelm.cli.options import (
+    BATCH_SIZE,
+    DEVICE,
+    H5AD,
+    LAYER,
+    LR,
+    MODEL,
+    RESUME,
+    SEED,
+    STEPS,
+    Device,
 )
 
-H5AD = Annotated[
-    Path,
-    typer.Argument(
-        help="An .h5ad file with raw counts (X, layers['counts'] or .raw).",
+app = typer.Typer(
+    help="Single-cell models: pretrain, embed, annotate, evaluate, perturb, targets, corpus stores.",
+    no_args_is_help=True,
+)
+cells_perturb.register(app)
+corpus.register(app)
+cells_import.register(app)
+
+
+class Strategy(StrEnum):
+    """How training is distributed under torchrun."""
+
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class Quantize(StrEnum):
+    """Weight quantisation for CPU inference."""
+
+    none = "none"
+    int8 = "int8"
+
+
+class Precision(StrEnum):
+    """Compute precision for inference."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class AnnotateMethod(StrEnum):
+    """Which labels annotate writes."""
+
+    auto = "auto"
+    model = "model"
+    baseline = "baseline"
+
+
+class AnnotateMode(StrEnum):
+    """How the model learns the reference's labels."""
+
+    finetune = "finetune"
+    knn = "knn"
+
+
+LABEL_MAP = Annotated[
+    Path | None,
+    typer.Option(
+        help="Harmonise labels across studies: a .tsv/.csv (query label, reference label) or a "
+        ".json {query label: reference label}; applied to both reference and query labels.",
         exists=True,
         dir_okay=False,
     ),
 ]
-MODEL = Annotated[
-    Path,
-    typer.Option(
-        "--model",
-        "-m",
-        help="Checkpoint folder (model.safetensors + config.json), e.g. runs/x/model.",
-        exists=True,
-        file_okay=False,
-    ),
-]
-LAYER = Annotated[
-    str | None,
-    typer.Option(
-        help="Where the raw counts are: a layer name, 'X' or 'raw'. Found automatically when omitted."
-    ),
-]
-DEVICE = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
-
-
-# commands defined in their own modules: perturb/targets (in-silico perturbation), corpus (stores)
-cells_perturb.register(app)
-corpus.register(app)
-cells_import.register(app)  # import-model (published checkpoints)
-
-
-def _train_config(**kw: object):
-    from lifelm.training.loop import TrainConfig
-
-    return TrainConfig(**{k: v for k, v in kw.items() if v is not None})
 
 
 @app.command()
@@ -68,37 +101,33 @@ def pretrain(
         typer.Option(
             "--out",
             "-o",
-            help="Run folder: checkpoints/, metrics.jsonl, tokenizer.json and the final model/.",
+            help="Run folder: checkpoints/, metrics.jsonl, tokenizer.json, manifest.json and the "
+            "final model/.",
         ),
     ],
     preset: Annotated[
         str, typer.Option(help="Model size: test, tiny, small, geneformer-6l, geneformer-12l.")
     ] = "small",
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Cells per process per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
-    warmup: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
+    steps: STEPS = 1000,
+    batch_size: BATCH_SIZE = 32,
+    lr: LR = 3e-4,
+    warmup: Annotated[int, typer.Option(min=0, help="Linear warmup steps.")] = 100,
     max_length: Annotated[
         int | None, typer.Option(help="Tokens per cell incl. [CLS]; default: the preset's.")
     ] = None,
     checkpoint_every: Annotated[
-        int, typer.Option(help="Steps between resumable checkpoints.")
+        int, typer.Option(min=0, help="Steps between resumable checkpoints.")
     ] = 200,
-    seed: Annotated[int, typer.Option(help="Seed for data order, masking and init.")] = 0,
+    seed: SEED = 0,
     layer: LAYER = None,
-    device: DEVICE = "auto",
+    device: DEVICE = Device.auto,
     strategy: Annotated[
-        str,
+        Strategy,
         typer.Option(
             help="Under torchrun: ddp, fsdp (FSDP2, sharded checkpoints) or auto (= ddp)."
         ),
-    ] = "auto",
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue the run in --out from its last checkpoint after a kill."
-        ),
-    ] = False,
+    ] = Strategy.auto,
+    resume: RESUME = False,
 ) -> None:
     """Pretrain a cell model by masked-gene prediction on raw-count h5ad files.
 
@@ -110,18 +139,18 @@ def pretrain(
     from lifelm._core.runtime import dist_env
     from lifelm.tasks.cells.pretrain import pretrain as run
     from lifelm.training.distributed import shutdown
+    from lifelm.training.loop import TrainConfig
 
     check_output_path(out, kind="folder", need_bytes=50_000_000)  # before any data is read
-
-    cfg = _train_config(
+    cfg = TrainConfig(
         max_steps=steps,
         batch_size=batch_size,
         lr=lr,
         warmup_steps=warmup,
         checkpoint_every=checkpoint_every,
         seed=seed,
-        device=device,
-        strategy=strategy,
+        device=device.value,
+        strategy=strategy.value,  # type: ignore[arg-type]
     )
     result = run(
         data[0] if len(data) == 1 and data[0].is_dir() else data,
@@ -135,16 +164,13 @@ def pretrain(
     shutdown()
     if not dist_env().is_main:
         return
-    typer.echo(
-        json.dumps(
-            {
-                "model": str(result.model_dir),
-                "step": result.step,
-                "train_loss": result.final_loss,
-                "eval_loss": result.eval_loss,
-            }
-        )
-    )
+    summary = {
+        "model": str(result.model_dir),
+        "step": result.step,
+        "train_loss": result.final_loss,
+        "eval_loss": result.eval_loss,
+    }
+    typer.echo(json.dumps(summary))
 
 
 @app.command()
@@ -153,20 +179,20 @@ def embed(
     model: MODEL,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .h5ad with .obsm['X_lifelm'].")],
     batch_size: Annotated[
-        int, typer.Option(help="Cells per forward pass (does not change results).")
+        int, typer.Option(min=1, help="Cells per forward pass (does not change results).")
     ] = 64,
     key_added: Annotated[str, typer.Option(help="Name of the .obsm entry.")] = "X_lifelm",
     layer: LAYER = None,
-    device: DEVICE = "auto",
+    device: DEVICE = Device.auto,
     quantize: Annotated[
-        str, typer.Option(help="none, or int8: dynamic int8 linear layers (CPU; lossy).")
-    ] = "none",
+        Quantize, typer.Option(help="int8: dynamic int8 linear layers (CPU; lossy, measured).")
+    ] = Quantize.none,
     compile_: Annotated[
         bool, typer.Option("--compile", help="torch.compile the forward (compiles first).")
     ] = False,
     precision: Annotated[
-        str, typer.Option(help="auto, fp32 or bf16 (CPU: needs AVX-512 BF16/AMX, else fp32).")
-    ] = "auto",
+        Precision, typer.Option(help="bf16 on CPU needs AVX-512 BF16/AMX (else fp32, said).")
+    ] = Precision.auto,
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", min=1, help="Worker processes pinned to disjoint cores.")
     ] = 1,
@@ -183,14 +209,19 @@ def embed(
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size)
     adata = read_h5ad(data)
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size + 4096 * adata.n_obs)
-    tech = CpuTechniques(quantize=quantize, compile=compile_, precision=precision, jobs=jobs)
+    tech = CpuTechniques(
+        quantize=quantize.value,  # type: ignore[arg-type]
+        compile=compile_,
+        precision=precision.value,  # type: ignore[arg-type]
+        jobs=jobs,
+    )
     with naming(data):
         run(
             adata,
             model,
             layer=layer,
             batch_size=batch_size,
-            device=device,
+            device=device.value,
             key_added=key_added,
             techniques=tech,
         )
@@ -199,17 +230,6 @@ def embed(
     typer.echo(
         f"wrote {out} ({adata.n_obs} cells, .obsm['{key_added}'] {adata.obsm[key_added].shape[1]}-d)"
     )
-
-
-LABEL_MAP = Annotated[
-    Path | None,
-    typer.Option(
-        help="Harmonise labels across studies: a .tsv/.csv (query label, reference label) or a "
-        ".json {query label: reference label}; applied to both reference and query labels.",
-        exists=True,
-        dir_okay=False,
-    ),
-]
 
 
 @app.command()
@@ -247,19 +267,19 @@ def annotate(
         str, typer.Option(help="Label column in the reference's .obs.")
     ] = "cell_type",
     method: Annotated[
-        str,
+        AnnotateMethod,
         typer.Option(
             help="Which labels to write: auto (whichever was more accurate on held-out "
             "reference cells), model, or baseline (logistic regression on PCA)."
         ),
-    ] = "auto",
+    ] = AnnotateMethod.auto,
     mode: Annotated[
-        str,
+        AnnotateMode,
         typer.Option(
             help="How the model learns: finetune (head from a linear probe, then end to end) or "
             "knn (frozen embeddings)."
         ),
-    ] = "finetune",
+    ] = AnnotateMode.finetune,
     min_confidence: Annotated[
         float,
         typer.Option(help="Cells with a calibrated probability below this are 'Unassigned'."),
@@ -281,41 +301,46 @@ def annotate(
     ] = None,
     epochs: Annotated[float, typer.Option(help="Fine-tuning passes over the reference.")] = 2.0,
     lr: Annotated[
-        float | None, typer.Option(help="Fine-tuning learning rate (default 5e-4).")
+        float | None, typer.Option("--lr", help="Fine-tuning learning rate (default 5e-4).")
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Fine-tuning cells per step (default 32).")
+        int | None, typer.Option("--batch-size", help="Fine-tuning cells per step (default 32).")
     ] = None,
     save: Annotated[
         Path | None,
         typer.Option(help="Keep the fine-tuned classifier in this folder (reusable as --model)."),
     ] = None,
     key_added: Annotated[str, typer.Option(help="Name of the .obs column.")] = "lifelm_cell_type",
-    seed: Annotated[int, typer.Option(help="Hold-out split, baseline and fine-tuning seed.")] = 0,
-    json_out: Annotated[
+    seed: SEED = 0,
+    summary: Annotated[
         Path | None,
-        typer.Option("--json", help="Also write .uns['lifelm']['annotate'] as JSON here."),
+        typer.Option("--summary", help="Also write .uns['lifelm']['annotate'] as JSON here."),
     ] = None,
     layer: LAYER = None,
-    device: DEVICE = "auto",
+    device: DEVICE = Device.auto,
 ) -> None:
-    """Predict cell types for a query: calibrated probabilities, 'Unassigned' below
-    --min-confidence, novel cells flagged, and the PCA+logreg baseline fitted on the same
-    reference and compared on held-out cells (see docs/cells-annotate.md)."""
+    """Predict cell types with calibrated probabilities, abstention and the baseline beside the model.
+
+    Cells below --min-confidence are 'Unassigned', cells far from every reference class are
+    flagged novel, and the PCA+logreg baseline is fitted on the same reference and compared on
+    held-out cells (columns: docs/cells-annotate.md).
+    """
     from lifelm._core.runfolder import atomic_output, check_output_path
     from lifelm.cells import annotate as run
-    from lifelm.cells import annotation_summary, read_label_map
+    from lifelm.cells import annotation_summary, read_label_map, write_json
     from lifelm.io.h5ad import read_h5ad
 
     check_output_path(out, kind="file", suffixes=(".h5ad",))
+    if summary:
+        check_output_path(summary, kind="file")
     adata = read_h5ad(data)
     run(
         adata,
         model,
         reference=reference,
         label_key=label_key,
-        method=method,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
+        method=method.value,  # type: ignore[arg-type]
+        mode=mode.value,  # type: ignore[arg-type]
         min_confidence=min_confidence,
         novelty_quantile=novelty_quantile,
         holdout_fraction=holdout_fraction,
@@ -328,27 +353,16 @@ def annotate(
         layer=layer,
         key_added=key_added,
         seed=seed,
-        device=device,
+        device=device.value,
     )
     info = adata.uns["lifelm"]["annotate"]
     with atomic_output(out) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
-    if json_out:
-        with atomic_output(json_out) as tmp:
-            Path(tmp).write_text(json.dumps(info, indent=2, default=_jsonable))
+    if summary:
+        write_json(info, summary)
     typer.echo(f"wrote {out}")
     for line in annotation_summary(info):
         typer.echo(line)
-
-
-def _jsonable(value: object) -> object:
-    import numpy as np
-
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
 
 
 @app.command()
@@ -370,34 +384,36 @@ def evaluate(
     test_fraction: Annotated[
         float, typer.Option(help="Held-out fraction when splitting DATA.")
     ] = 0.2,
-    seed: Annotated[int, typer.Option(help="Split and baseline seed.")] = 0,
+    seed: SEED = 0,
     finetune_steps: Annotated[
-        int, typer.Option(help="Also fine-tune a classifier for this many steps (0 = skip).")
+        int,
+        typer.Option(min=0, help="Also fine-tune a classifier for this many steps (0 = skip)."),
     ] = 0,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the tables as JSON here.")
     ] = None,
     label_map: LABEL_MAP = None,
     layer: LAYER = None,
-    device: DEVICE = "auto",
+    device: DEVICE = Device.auto,
 ) -> None:
     """Score annotation and embedding quality next to majority-class and PCA+logistic-regression baselines."""
-    from lifelm.evaluation.benchmarks.annotation import run_annotation_benchmark
+    from lifelm._core.runfolder import check_output_path
+    from lifelm.cells import write_json
+    from lifelm.evaluation.benchmarks.annotation import read_label_map, run_annotation_benchmark
     from lifelm.io.h5ad import read_h5ad
+    from lifelm.training.loop import TrainConfig
 
-    ft = (
-        _train_config(
+    if out:
+        check_output_path(out, kind="file")
+    finetune = None
+    if finetune_steps:
+        finetune = TrainConfig(
             max_steps=finetune_steps,
             batch_size=32,
             lr=1e-4,
             warmup_steps=min(50, finetune_steps // 10),
             checkpoint_every=0,
         )
-        if finetune_steps
-        else None
-    )
-    from lifelm.evaluation.benchmarks.annotation import read_label_map
-
     bench = run_annotation_benchmark(
         read_h5ad(data),
         model,
@@ -406,21 +422,11 @@ def evaluate(
         query_label_key=query_label_key,
         test_fraction=test_fraction,
         seed=seed,
-        finetune=ft,
+        finetune=finetune,
         layer=layer,
         label_map=read_label_map(label_map) if label_map else None,
-        device=device,
+        device=device.value,
     )
     typer.echo(bench.to_markdown())
     if out:
-        out.write_text(
-            json.dumps(
-                {
-                    "split": bench.split,
-                    "table": bench.table.reset_index().to_dict("records"),
-                    "embedding": bench.embedding.reset_index().to_dict("records"),
-                    **bench.info,
-                },
-                indent=2,
-            )
-        )
+        write_json(bench.to_dict(), out)

@@ -60,6 +60,15 @@ class AnnotationBenchmark:
     split: str  # plain-language description of train and test cells
     info: dict[str, Any] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the split, both tables as records and the run information."""
+        return {
+            "split": self.split,
+            "table": self.table.reset_index().to_dict("records"),
+            "embedding": self.embedding.reset_index().to_dict("records"),
+            **self.info,
+        }
+
     def to_markdown(self) -> str:
         lines = [f"Split: {self.split}", "", _md(self.table), "", _md(self.embedding)]
         return "\n".join(lines)
