@@ -204,6 +204,7 @@ def _query_scores(
     return out
 
 
+# Long because it is the one place where the model, the baseline, calibration and abstention meet, in the order a reader checks them; each step is a named helper call below (split candidates: the held-out comparison and the query scoring).
 def annotate(
     adata: ad.AnnData,
     model: CellModel | KnnAnnotator | str | Path | None = None,

@@ -185,6 +185,7 @@ class PyLabRobotLab:
 
         return self._pr_backend() if self._pr_backend else PlateReaderChatterboxBackend()
 
+    # Long because a PyLabRobot protocol is a linear script (deck, tips, transfers, read-out); splitting it would hide the order the robot follows.
     async def _execute(
         self, round_index: int, layout: pd.DataFrame
     ) -> tuple[list[dict[str, Any]], dict[tuple[int, str], float]]:

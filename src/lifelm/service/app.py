@@ -218,6 +218,7 @@ def _model_out(m: Model) -> ModelOut:
 
 
 # ------------------------------------------------------------------------------------ app
+# Long because FastAPI routes are closures over the app's engine and settings: one nested function per route, each short.
 def create_app(settings: Settings) -> FastAPI:
     """Build the app for ``settings`` (the database is upgraded to the newest schema first)."""
     data_dir = Path(settings.data_dir).resolve()

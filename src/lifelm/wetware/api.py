@@ -96,6 +96,7 @@ def _window(res: WindowResult, electrodes: list[int]) -> dict[str, Any]:
     }
 
 
+# Long because FastAPI routes are closures over the platform: one nested function per route, each short.
 def create_app(platform: Neuroplatform | None = None) -> FastAPI:
     """A FastAPI app serving ``platform`` (a new default platform if None)."""
     plat = platform if platform is not None else Neuroplatform()

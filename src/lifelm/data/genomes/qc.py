@@ -382,6 +382,7 @@ def _finish(scores: dict[str, float], reasons: list[str], **kw: object) -> QcRes
     return QcResult(grade(overall), tuple(reasons), full_rules, full_scores, overall, **kw)  # type: ignore[arg-type]
 
 
+# Long because it applies Nextclade's rules one after another in Nextclade's order, so each block can be checked against its documentation.
 def evaluate_qc(
     stats: SequenceStats,
     mutations: Mutations | None,

@@ -270,6 +270,7 @@ def build_corpus(
         return _build_locked(uris, out, cfg, tokenizer, source_bytes)
 
 
+# Long because the build's two passes, resume bookkeeping and the final atomic write read best in sequence; each pass is a worker function above.
 def _build_locked(
     uris: list[str],
     out: Path,

@@ -153,6 +153,7 @@ def _split(
     )
 
 
+# Long because every method is scored on the same split in one place, so the table cannot compare methods on different cells.
 def run_annotation_benchmark(
     adata: ad.AnnData,
     model: CellModel | str | Path,

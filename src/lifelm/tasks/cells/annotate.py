@@ -155,6 +155,7 @@ def _probe_head(clf: CellClassifier, emb: np.ndarray, y: np.ndarray, n_classes: 
     return float(probe.score((emb[ok] - mu) / sd, y[ok]))
 
 
+# Long because of its docstring; the body sets up, probes, fine-tunes and checks in order.
 def train_annotator(
     reference: ad.AnnData,
     model: CellModel | str | Path,

@@ -117,6 +117,7 @@ def _split_folds(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.array([fold_of[g] for g in groups], dtype=np.int64)
 
 
+# Long because each of the three designs (paired donors, unpaired donors, pseudo-replicates) and its refusal message is spelled out in turn.
 def make_design(
     state: np.ndarray,
     donors: np.ndarray | None,

@@ -75,6 +75,7 @@ def _store_folder(data: object) -> Path | None:
     return None
 
 
+# Long only because of its docstring and signature; the body is under 80 lines.
 def pretrain(
     data: ad.AnnData | str | Path | Sequence[ad.AnnData | str | Path],
     out_dir: str | Path,

@@ -267,6 +267,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
+# Long because the scan, the permutation test and the DE baseline must share one set of units and one relabelling loop (split candidate: the held-out comparison).
 def _search(
     adata: ad.AnnData,
     cm: CellModel,
@@ -477,6 +478,7 @@ def composition_shift(
     return float(0.5 * (a.reindex(idx, fill_value=0) - b.reindex(idx, fill_value=0)).abs().sum())
 
 
+# Long because of its docstring (every output column) and the per-group loop with one joint BH correction.
 def rank_targets(
     adata: ad.AnnData,
     model: CellModel | str | Path,

@@ -179,6 +179,7 @@ def _labels(labels: pd.DataFrame, col: str, train: np.ndarray, how: str) -> np.n
     return y.astype(str)
 
 
+# Long because the model and every baseline are fitted and scored on the same split in one place (split candidate: the abstention step).
 def lineages(
     embeddings: np.ndarray | None,
     labels: pd.DataFrame,
