@@ -7,7 +7,7 @@ inside its commands, so ``lifelm --help`` stays fast. Nothing in the package imp
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Protocol, runtime_checkable
 
 import click
 import typer
@@ -58,11 +58,22 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+@runtime_checkable
+class _UsageError(Protocol):
+    """A click usage error (click's own or typer's vendored copy)."""
+
+    exit_code: int
+
+    def show(self) -> None: ...
+
+
+def _click_classes() -> tuple[
+    tuple[type[Exception], ...], tuple[type[BaseException], ...], tuple[type[BaseException], ...]
+]:
     """Usage-error, abort and exit classes of click and of the click that typer vendors."""
-    errors: list[type] = [click.ClickException]
-    aborts: list[type] = [click.exceptions.Abort, typer.Abort]
-    exits: list[type] = [click.exceptions.Exit, typer.Exit]
+    errors: list[type[Exception]] = [click.ClickException]
+    aborts: list[type[BaseException]] = [click.exceptions.Abort, typer.Abort]
+    exits: list[type[BaseException]] = [click.exceptions.Exit, typer.Exit]
     try:  # typer >= 0.20 ships its own copy of click (typer._click)
         from typer._click.exceptions import ClickException as TyperClickException
 
@@ -92,10 +103,12 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("Aborted.", err=True)
         sys.exit(130)
     except _CLICK_ERROR as e:  # usage errors: a bad option, a missing file, a folder for a file
+        if not isinstance(e, _UsageError):
+            raise
         e.show()
         sys.exit(e.exit_code)
     except _EXIT as e:
-        sys.exit(e.exit_code)
+        sys.exit(getattr(e, "exit_code", 0))
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         sys.exit(130)

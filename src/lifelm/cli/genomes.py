@@ -6,13 +6,16 @@ The commands are module-level functions in ``genomes_seq`` (qc, mutations: seque
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from lifelm.cli import genomes_models as models
 from lifelm.cli import genomes_seq as seq
 
 app = typer.Typer(help="Genomes: QC, mutations, codon language models.", no_args_is_help=True)
-for name, fn in [
+commands: list[tuple[str, Callable[..., Any]]] = [
     ("qc", seq.qc),
     ("mutations", seq.mutations),
     ("pretrain", models.pretrain),
@@ -22,5 +25,6 @@ for name, fn in [
     ("score", models.score),
     ("perplexity", models.perplexity),
     ("generate", models.generate),
-]:
+]
+for name, fn in commands:
     app.command(name)(fn)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from lifelm._core.choices import one_of
 from lifelm.cli.options import (
     AS_JSON,
     BATCH_SIZE,
@@ -26,6 +27,9 @@ from lifelm.cli.options import (
     STEPS,
     Device,
 )
+
+if TYPE_CHECKING:
+    from lifelm.training.loop import TrainConfig
 
 
 class FinetuneMode(StrEnum):
@@ -82,7 +86,7 @@ def _train_config(
     checkpoint_every: int,
     seed: int,
     device: Device,
-):
+) -> TrainConfig:
     from lifelm.training.loop import TrainConfig
 
     return TrainConfig(
@@ -287,8 +291,8 @@ def lineages(
         holdout_fraction=holdout,
         min_confidence=min_confidence,
         novelty_quantile=novelty_quantile,
-        empty_labels=empty_labels.value,  # type: ignore[arg-type]
-        probe=probe.value,  # type: ignore[arg-type]
+        empty_labels=one_of(empty_labels.value, ("class", "refuse"), what="--empty-labels"),
+        probe=one_of(probe.value, ("logreg", "knn"), what="--probe"),
         seed=seed,
     )
     table, summary = lineages_from_files(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from lifelm.service.app import Settings
 
 app = typer.Typer(
     help="The job service for a lab's shared machine or SLURM cluster (see docs/service.md).",
@@ -38,10 +41,10 @@ DB_URL = Annotated[
 ]
 
 
-def _settings(data_dir: Path, database_url: str | None, **kw: object):
+def _settings(data_dir: Path, database_url: str | None) -> Settings:
     from lifelm.service.app import Settings
 
-    return Settings(data_dir=data_dir, database_url=database_url, **kw)  # type: ignore[arg-type]
+    return Settings(data_dir=data_dir, database_url=database_url)
 
 
 @app.callback()
@@ -64,11 +67,11 @@ def serve(
         return
     import uvicorn
 
-    from lifelm.service.app import create_app
+    from lifelm.service.app import Settings, create_app
 
-    settings = _settings(
-        data_dir, database_url, executor=executor.value, cpu_slots=cpu_slots, gpu_slots=gpu_slots,
-        max_upload_bytes=int(max_upload_gb * 1024**3),
+    settings = Settings(
+        data_dir=data_dir, database_url=database_url, executor=executor.value,
+        cpu_slots=cpu_slots, gpu_slots=gpu_slots, max_upload_bytes=int(max_upload_gb * 1024**3),
     )  # fmt: skip
     # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
     # that moment sees "server disconnected" (seen under load with 200 clients)

@@ -163,9 +163,9 @@ def read_gff3(
                 f"{path}: feature '{names[group]}' (line {segs[0][2]}) has strand(s) {sorted(strands)}; "
                 "need one of '+' or '-'"
             )
-        strand = strands.pop()
+        strand: Literal["+", "-"] = "-" if strands.pop() == "-" else "+"
         ordered = sorted(segs, key=lambda s: s[0], reverse=strand == "-")
-        orfs.append(Orf(names[group], tuple((s[0], s[1]) for s in ordered), strand))  # type: ignore[arg-type]
+        orfs.append(Orf(names[group], tuple((s[0], s[1]) for s in ordered), strand))
     _check_unique(orfs, path)
     return orfs
 
@@ -188,7 +188,7 @@ def read_genbank(path: str | Path, *, feature_type: str = "CDS") -> list[Orf]:
                         "/gene, /locus_tag or /product to name it"
                     )
                 parts = feat.location.parts
-                strand = "-" if parts[0].strand == -1 else "+"
+                strand: Literal["+", "-"] = "-" if parts[0].strand == -1 else "+"
                 segs = tuple((int(p.start) + 1, int(p.end)) for p in parts)
                 orfs.append(Orf(name, segs, strand))
     if not orfs:

@@ -35,8 +35,9 @@ _ALLOWED_BYTES = frozenset(
     ord(c) for c in IUPAC_NUCLEOTIDES | {c.lower() for c in IUPAC_NUCLEOTIDES}
 )
 
-_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bz2"}
-_SUFFIX = {".gz": "gzip", ".gzip": "gzip", ".xz": "xz", ".bz2": "bz2"}
+Compression = Literal["none", "gzip", "xz", "bz2"]
+_MAGIC: dict[bytes, Compression] = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"BZh": "bz2"}
+_SUFFIX: dict[str, Compression] = {".gz": "gzip", ".gzip": "gzip", ".xz": "xz", ".bz2": "bz2"}
 
 
 class FastaFormatError(LifeLMError, ValueError):
@@ -58,7 +59,7 @@ class FastaRecord:
         return self.name.split(maxsplit=1)[0] if self.name.strip() else ""
 
 
-def compression_of(path: str | Path) -> Literal["none", "gzip", "xz", "bz2"]:
+def compression_of(path: str | Path) -> Compression:
     """How a file is compressed, from its magic bytes; the suffix is only checked against them.
 
     Raises
@@ -69,7 +70,9 @@ def compression_of(path: str | Path) -> Literal["none", "gzip", "xz", "bz2"]:
     path = Path(path)
     with path.open("rb") as fh:
         head = fh.read(6)
-    by_magic = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "none")
+    by_magic: Compression = next(
+        (kind for magic, kind in _MAGIC.items() if head.startswith(magic)), "none"
+    )
     by_suffix = _SUFFIX.get(path.suffix.lower(), "none")
     if by_suffix != "none" and by_magic != by_suffix:
         raise FastaFormatError(
@@ -77,7 +80,7 @@ def compression_of(path: str | Path) -> Literal["none", "gzip", "xz", "bz2"]:
             f"{'not compressed' if by_magic == 'none' else by_magic + '-compressed'}; "
             "rename the file to match its content or re-compress it"
         )
-    return by_magic  # type: ignore[return-value]
+    return by_magic
 
 
 def open_text(path: str | Path) -> IO[str]:
@@ -145,7 +148,8 @@ def iter_fasta(
         with open_text(source) as fh:
             yield from _parse(fh, fname, empty)
     else:
-        yield from _parse(source, source_name or getattr(source, "name", "<stream>"), empty)
+        name = source_name or getattr(source, "name", None)
+        yield from _parse(source, name if isinstance(name, str) else "<stream>", empty)
 
 
 def _parse(fh: Iterable[str], fname: str, empty: str) -> Iterator[FastaRecord]:

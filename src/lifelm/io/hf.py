@@ -108,15 +108,18 @@ def read_gpt_neox(
         "parallel_residual": bool(c.use_parallel_residual),
         "tie_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
     }
-    if int(hd * fields["rotary_fraction"]) % 2:
+    if int(hd * float(fraction)) % 2:
         raise HFImportError(f"{folder}: rotary dims {int(hd * fraction)} must be even")
 
     src = hf.state_dict()
+    head = src.get("embed_out.weight", src.get("lm_head.weight"))
+    if head is None:
+        raise HFImportError(f"{folder}: no output head (embed_out.weight or lm_head.weight)")
     out: dict[str, torch.Tensor] = {
         "embed.weight": src["gpt_neox.embed_in.weight"],
         "norm.weight": src["gpt_neox.final_layer_norm.weight"],
         "norm.bias": src["gpt_neox.final_layer_norm.bias"],
-        "head.weight": src.get("embed_out.weight", src.get("lm_head.weight")),
+        "head.weight": head,
     }
     for i in range(c.num_hidden_layers):
         p, q = f"gpt_neox.layers.{i}.", f"blocks.{i}."

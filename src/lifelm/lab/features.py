@@ -60,7 +60,7 @@ class GeneFeatures:
         keep = [i for i, c in enumerate(self.columns) if c.split(":", 1)[0] in set(sources)]
         return GeneFeatures(self.genes, self.matrix[:, keep], tuple(self.columns[i] for i in keep))
 
-    def align(self, genes: Sequence[str]) -> np.ndarray:
+    def align(self, genes: Sequence[str] | np.ndarray) -> np.ndarray:
         """Rows for ``genes`` (zeros for genes without features)."""
         pos = {g: i for i, g in enumerate(self.genes)}
         out = np.zeros((len(genes), self.matrix.shape[1]))
@@ -101,7 +101,7 @@ def _symbols(adata) -> np.ndarray:
 
 
 def expression_features(
-    genes: Sequence[str],
+    genes: Sequence[str] | np.ndarray,
     adata,
     *,
     n_components: int = 16,
@@ -176,7 +176,7 @@ def expression_features(
 
 
 def embedding_features(
-    genes: Sequence[str], model: str | Path, *, n_components: int = 16
+    genes: Sequence[str] | np.ndarray, model: str | Path, *, n_components: int = 16
 ) -> GeneFeatures:
     """``embedding`` features: the cell model's input gene embeddings, PCA-reduced."""
     from sklearn.decomposition import PCA

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,8 +106,7 @@ def _check_pool(
     genes = [str(g) for g in (screen.genes if pool is None else pool)]
     if not genes:
         raise InputError("the pool of candidate genes is empty")
-    seen: set[str] = set()
-    dup = sorted({g for g in genes if g in seen or seen.add(g)})
+    dup = sorted(g for g, n in Counter(genes).items() if n > 1)
     if dup:
         raise InputError(f"the pool lists genes twice: {', '.join(dup[:5])}")
     lab.check_pool(genes)

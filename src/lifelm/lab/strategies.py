@@ -105,7 +105,7 @@ def neighbour_features(
 
 def _design(
     features: GeneFeatures,
-    genes: Sequence[str],
+    genes: Sequence[str] | np.ndarray,
     obs: Observations,
     eff: np.ndarray,
     *,
@@ -209,13 +209,13 @@ def select_batch(
             members = cand[labels == c]
             if len(members):
                 chosen.append(int(members[np.argmax(acq[members])]))
-        taken = set(chosen)
+        in_batch = set(chosen)
         for j in cand:
             if len(chosen) >= batch_size:
                 break
-            if int(j) not in taken:
+            if int(j) not in in_batch:
                 chosen.append(int(j))
-                taken.add(int(j))
+                in_batch.add(int(j))
         pick = np.asarray(chosen[:batch_size])
     note = f"random forest ({n_estimators} trees) on {X_train.shape[1]} features, {len(obs)} observations"
     return Selection([str(g) for g in pool_arr[pick]], pool_arr, mean, sd, acq, note)

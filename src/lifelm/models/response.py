@@ -48,6 +48,8 @@ class ResponseModelConfig:
 class ResponseModel(nn.Module):
     """Perturbation encoder + gene-wise heads (see the module docstring)."""
 
+    prior: torch.Tensor  # buffer: the train-mean delta
+
     def __init__(self, cfg: ResponseModelConfig) -> None:
         super().__init__()
         self.config = cfg

@@ -9,6 +9,7 @@ not revealed). Viewers read, members also upload and submit, owners also manage 
 # inside create_app() at run time, which string annotations would hide.
 
 import asyncio
+import datetime
 import functools
 import inspect
 import json
@@ -19,7 +20,7 @@ import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
@@ -193,7 +194,15 @@ class LedgerOut(BaseModel):
     entries: list[dict[str, Any]]
 
 
-def _ts(x) -> str | None:
+@overload
+def _ts(x: datetime.datetime) -> str: ...
+
+
+@overload
+def _ts(x: datetime.datetime | None) -> str | None: ...
+
+
+def _ts(x: datetime.datetime | None) -> str | None:
     return x.isoformat() + "Z" if x is not None else None
 
 
@@ -388,9 +397,10 @@ def create_app(settings: Settings) -> FastAPI:
         """Create a project with CPU/GPU-hour budgets (administrators only)."""
         owner = user
         if body.owner:
-            owner = s.scalars(select(User).where(User.name == body.owner)).first()
-            if owner is None:
+            named = s.scalars(select(User).where(User.name == body.owner)).first()
+            if named is None:
                 raise HTTPException(422, f"no user {body.owner!r}")
+            owner = named
         p = Project(name=body.name, cpu_hours=body.cpu_hours, gpu_hours=body.gpu_hours)
         s.add(p)
         try:

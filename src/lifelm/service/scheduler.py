@@ -76,8 +76,12 @@ def fair_order(session: Session) -> list[Job]:
         return []
     running = session.scalars(select(Job).where(Job.status == "running")).all()
     share: dict[int, float] = defaultdict(float)
+    cpu_hours: dict[int, float] = {}
     for pid in {j.project_id for j in queued}:
         project = session.get(Project, pid)
+        if project is None:  # the foreign key forbids it; a corrupt database should say so
+            raise RuntimeError(f"queued job(s) of project {pid}, which does not exist")
+        cpu_hours[pid] = project.cpu_hours
         cu, _ = used_hours(session, pid)
         busy = sum(j.cpus for j in running if j.project_id == pid)
         share[pid] = (cu + busy) / max(project.cpu_hours, 1e-9)
@@ -89,7 +93,7 @@ def fair_order(session: Session) -> list[Job]:
         pid = min(by_project, key=lambda p: (share[p], p))
         job = by_project[pid].pop(0)
         order.append(job)
-        share[pid] += job.cpus / max(session.get(Project, pid).cpu_hours, 1e-9)
+        share[pid] += job.cpus / max(cpu_hours[pid], 1e-9)
         if not by_project[pid]:
             del by_project[pid]
     return order

@@ -20,10 +20,10 @@ class Resources(BaseModel):
     """What the job asks of the executor; budgets are charged seconds × cpus (and × gpus)."""
 
     model_config = ConfigDict(extra="forbid")
-    cpus: int = Field(1, ge=1, le=64)
-    gpus: int = Field(0, ge=0, le=8)
+    cpus: int = Field(default=1, ge=1, le=64)
+    gpus: int = Field(default=0, ge=0, le=8)
     max_hours: float = Field(
-        1.0, gt=0, le=168, description="Wall-time limit; also the budget hold."
+        default=1.0, gt=0, le=168, description="Wall-time limit; also the budget hold."
     )
 
 
@@ -116,13 +116,13 @@ def input_datasets(spec: BaseModel) -> list[str]:
 
 
 def command(
-    spec: BaseModel, datasets: dict[str, str], models: dict[str, str], *, resume: bool
+    spec: _Spec, datasets: dict[str, str], models: dict[str, str], *, resume: bool
 ) -> list[str]:
     """The ``lifelm`` arguments of ``spec`` (paths resolved; outputs relative to the job folder).
 
     ``datasets`` maps dataset names to stored paths and ``models`` model refs to folders.
     """
-    device = "cpu" if spec.resources.gpus == 0 else "auto"  # type: ignore[attr-defined]
+    device = "cpu" if spec.resources.gpus == 0 else "auto"
     if isinstance(spec, CellsEmbed):
         argv = ["cells", "embed", datasets[spec.dataset], "-m", models[spec.model]]
         argv += ["-o", "out/embedded.h5ad", "--batch-size", str(spec.batch_size)]

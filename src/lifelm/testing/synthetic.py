@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lifelm.data.cells.genes import gene_table
+from lifelm.data.cells.genes import Species, gene_table
 
 
 def synthetic_cells(
@@ -26,7 +26,7 @@ def synthetic_cells(
     mean_library: float = 2000.0,
     dispersion: float = 0.5,
     seed: int = 0,
-    species: str = "homo_sapiens",
+    species: Species = "homo_sapiens",
 ) -> ad.AnnData:
     """Raw-count AnnData with ``obs["cell_type"]`` and ``obs["batch"]``.
 
@@ -34,7 +34,7 @@ def synthetic_cells(
     int32 count matrix.
     """
     rng = np.random.default_rng(seed)
-    table = gene_table(species)  # type: ignore[arg-type]
+    table = gene_table(species)
     coding = sorted(g for g, s in table.id_to_symbol.items() if s and not s.startswith("ENS"))
     ids = np.array(coding)[np.sort(rng.choice(len(coding), n_genes, replace=False))]
     base = rng.lognormal(mean=-1.0, sigma=1.5, size=n_genes)  # shared expression profile

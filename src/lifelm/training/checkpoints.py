@@ -44,7 +44,8 @@ class DamagedCheckpointError(CheckpointError):
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DDP wrapper (the model itself otherwise)."""
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def checkpoint_folders(out_dir: str | Path) -> list[Path]:

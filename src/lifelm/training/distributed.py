@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -66,8 +66,9 @@ def wrap_model(
     if strategy == "ddp":
         if not dist.is_initialized():
             return model
-        kwargs = {"device_ids": [device.index]} if device.type == "cuda" else {}
-        return nn.parallel.DistributedDataParallel(model, **kwargs)
+        if device.type == "cuda":
+            return nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
+        return nn.parallel.DistributedDataParallel(model)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -98,7 +99,7 @@ def load_sharded(folder: str | Path, model: nn.Module, optimizer: torch.optim.Op
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     msd, osd = get_state_dict(model, optimizer)
-    state = {"model": msd, "optim": osd}
+    state: dict[str, Any] = {"model": msd, "optim": osd}  # dcp.load fills it in place
     dcp.load(state, checkpoint_id=str(folder))
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
@@ -115,9 +116,11 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(
+    full = get_model_state_dict(
         inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+    # the stubs allow nested values; a model's full state dict holds tensors only
+    return cast("dict[str, torch.Tensor]", full)
 
 
 def barrier(timeout_s: float = 600.0) -> None:

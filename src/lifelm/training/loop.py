@@ -35,10 +35,10 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -185,7 +185,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms or 1-D parameters)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -197,6 +198,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 Collate = Callable[[list[Any], torch.Generator], dict[str, torch.Tensor]]
+
+
+class ItemDataset(Protocol):
+    """What training reads: a length and items by index (a list, a memory-mapped store)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> Any: ...
 
 
 def _mean_over_ranks(value: float, device: torch.device, distributed: bool) -> float:
@@ -221,7 +230,7 @@ def _sidecar(sidecar: dict[str, Any], step: int, cfg: TrainConfig) -> dict[str, 
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module,
-    dataset: Sequence[Any],
+    dataset: ItemDataset,
     collate_fn: Collate,
     *,
     batch_size: int,
@@ -363,7 +372,7 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 
 def _batch(
-    run: _Run, dataset: Sequence[Any], collate_fn: Collate, stream: ItemStream, step: int
+    run: _Run, dataset: ItemDataset, collate_fn: Collate, stream: ItemStream, step: int
 ) -> dict[str, torch.Tensor]:
     """This rank's slice of global batch ``step``; collate and torch reseeded from (seed, step, rank)."""
     cfg, env = run.cfg, run.env
@@ -451,14 +460,14 @@ class _Metrics:
 # Long only because of its docstring and signature; the body is under 80 lines.
 def train(
     model: nn.Module,
-    dataset: Sequence[Any],
+    dataset: ItemDataset,
     *,
     config: TrainConfig,
     out_dir: str | Path,
     collate_fn: Collate,
     sidecar: dict[str, Any],
     resume: bool = False,
-    eval_dataset: Sequence[Any] | None = None,
+    eval_dataset: ItemDataset | None = None,
     unit: str = "cells",
     inputs: Mapping[str, str | Path | None] | None = None,
     job: str = "train",

@@ -64,7 +64,9 @@ def run_settings(config: Any, sidecar: Mapping[str, Any]) -> dict[str, Any]:
     Long values (a vocabulary, gene medians) are recorded by their hash, so the manifest stays
     small and a difference is still named by its key (``tokenizer.genes``).
     """
-    train = asdict(config) if is_dataclass(config) else dict(config)
+    train = (
+        asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+    )
     out = {f"train.{k}": _recorded(v) for k, v in train.items() if k not in FREE_SETTINGS}
     for key, value in sidecar.items():
         if isinstance(value, Mapping) and value:

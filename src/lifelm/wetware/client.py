@@ -14,6 +14,7 @@ otherwise ``base_url`` opens an ``httpx2``/``httpx`` client.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import numpy as np
@@ -31,16 +32,13 @@ from lifelm.wetware.stimulation import StimParam
 
 
 def _http_session(base_url: str) -> Any:
-    try:
-        import httpx2 as httpx
-    except ImportError:
+    for name in ("httpx2", "httpx"):  # httpx2 first, the plain httpx as a fallback
         try:
-            import httpx
-        except ImportError as e:
-            raise WetwareError(
-                "the wetware client needs httpx (pip install 'lifelm[serve]') or session="
-            ) from e
-    return httpx.Client(base_url=base_url, timeout=120.0)
+            httpx = importlib.import_module(name)
+        except ImportError:
+            continue
+        return httpx.Client(base_url=base_url, timeout=120.0)
+    raise WetwareError("the wetware client needs httpx (pip install 'lifelm[serve]') or session=")
 
 
 def _raise_for(resp: Any) -> None:

@@ -7,6 +7,7 @@ where they do not, the default is a choice of this simulator and the docstring s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from lifelm.wetware.errors import WetwareError
 
@@ -234,7 +235,7 @@ PRESETS: dict[str, PlatformConfig] = {
 }
 
 
-def preset(name: str, **overrides: object) -> PlatformConfig:
+def preset(name: str, **overrides: Any) -> PlatformConfig:
     """A named platform configuration (``finalspark-4x8``, ``line-1x32``, ``tiny``).
 
     ``n_neurons=…`` is accepted as a shortcut for the network size.
@@ -244,5 +245,5 @@ def preset(name: str, **overrides: object) -> PlatformConfig:
     cfg = PRESETS[name]
     n = overrides.pop("n_neurons", None)
     if n is not None:
-        cfg = replace(cfg, network=replace(cfg.network, n_neurons=int(n)))  # type: ignore[arg-type]
-    return replace(cfg, **overrides) if overrides else cfg  # type: ignore[arg-type]
+        cfg = replace(cfg, network=replace(cfg.network, n_neurons=int(n)))
+    return replace(cfg, **overrides) if overrides else cfg

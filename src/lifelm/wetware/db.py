@@ -60,7 +60,9 @@ class EventDB:
                 (token, ",".join(map(str, electrodes)), ",".join(fs_ids), t_ms),
             )
             self._con.commit()
-            return int(cur.lastrowid)
+            if cur.lastrowid is None:
+                raise RuntimeError("sqlite returned no row ID for the new session")
+            return cur.lastrowid
 
     def add_events(self, session: int, t_ms: np.ndarray, ch: np.ndarray, amp: np.ndarray) -> None:
         """Store detected events."""

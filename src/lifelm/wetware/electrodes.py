@@ -95,7 +95,7 @@ def detect_events(
     for e in range(n_el):
         idx = np.flatnonzero(cross[e])
         last = -1e9
-        for i in idx:
+        for i in idx.tolist():
             if i - last >= dead:
                 ts.append(float(i))
                 chs.append(e)
@@ -204,7 +204,7 @@ def detect_trace(
         below = x < thr
         onsets = np.flatnonzero(below[1:] & ~below[:-1]) + 1
         last = -(10**12)
-        for i in onsets:
+        for i in onsets.tolist():
             if i - last < dead:
                 continue
             j = min(n_s, i + pre)

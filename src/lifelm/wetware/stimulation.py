@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +120,7 @@ class StimParam:
             raise StimulationError(
                 f"StimParam: unknown fields {sorted(extra)}; known: {sorted(known)}"
             )
-        d = dict(data)
+        d: dict[str, Any] = dict(data)  # JSON values; the dataclass fields type them
         if "polarity" in d:
             try:
                 d["polarity"] = StimPolarity(d["polarity"])
@@ -127,7 +128,7 @@ class StimParam:
                 raise StimulationError(
                     f"StimParam.polarity={d['polarity']!r}; use NegativeFirst or PositiveFirst"
                 ) from e
-        return cls(**d)  # type: ignore[arg-type]
+        return cls(**d)
 
 
 def activation_current(

@@ -25,7 +25,7 @@ from lifelm._core.errors import LifeLMError
 
 Species = Literal["homo_sapiens", "mus_musculus"]
 ENSEMBL_RE = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?$")
-_PREFIX = {"ENSG": "homo_sapiens", "ENSMUSG": "mus_musculus"}
+_PREFIX: dict[str, Species] = {"ENSG": "homo_sapiens", "ENSMUSG": "mus_musculus"}
 ID_COLUMNS = ("gene_ids", "gene_id", "ensembl_id", "feature_id", "gene_ids-0")
 SYMBOL_COLUMNS = ("gene_symbol", "gene_symbols", "feature_name", "gene_name", "symbol")
 
@@ -38,7 +38,7 @@ class GeneMappingError(LifeLMError, ValueError):
 class GeneTable:
     """A versioned GENCODE gene table."""
 
-    species: str
+    species: Species
     version: str
     sha256: str
     ids: pd.Index  # Ensembl IDs
@@ -81,12 +81,12 @@ def detect_species(names: pd.Index | list[str]) -> Species:
     for name in names[:: max(1, len(names) // 1000)]:
         m = ENSEMBL_RE.match(str(name))
         if m:
-            prefix = re.match(r"ENS[A-Z]*G", m.group(1)).group(0)  # type: ignore[union-attr]
+            prefix = m.group(1)[:-11]  # the ID is the prefix then 11 digits
             counts[prefix] = counts.get(prefix, 0) + 1
     if not counts:
         return "homo_sapiens"
     prefix = max(counts, key=counts.__getitem__)
-    return _PREFIX.get(prefix, "homo_sapiens")  # type: ignore[return-value]
+    return _PREFIX.get(prefix, "homo_sapiens")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class GeneMapping:
 
     ids: np.ndarray  # (n_vars,) Ensembl ID per column, "" where unmapped
     source: str  # which var column (or var_names) the identity came from
-    species: str
+    species: Species
     table_version: str
     n_vars: int
     unmapped: list[str] = field(default_factory=list)  # names that mapped to nothing

@@ -37,6 +37,7 @@ import scipy.sparse as sp
 CONTROL = "control"
 SEP = "|"  # joins context and perturbation into a condition id
 SplitKind = Literal["unseen_single", "unseen_combo", "unseen_context"]
+Preset = Literal["perturbench", "papalexi", "gears", "kang"]  # read_perturbation's layouts
 GEARS_CONTROL = "ctrl"
 
 
@@ -181,7 +182,7 @@ PRESETS: dict[str, dict] = {
 
 def read_perturbation(
     path: str | Path,
-    preset: Literal["perturbench", "papalexi", "gears", "kang"],
+    preset: Preset,
     *,
     subset: dict[str, str] | None = None,
 ) -> ad.AnnData:

@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import anndata as ad
 import numba
@@ -40,6 +40,7 @@ from lifelm.data.cells.genes import (
     ID_COLUMNS,
     GeneMapping,
     GeneMappingError,
+    Species,
     detect_species,
     map_genes,
 )
@@ -256,7 +257,7 @@ class RankValueTokenizer:
 
     genes: np.ndarray  # (V,) Ensembl IDs; token id of genes[i] is N_SPECIAL + i
     medians: np.ndarray  # (V,) non-zero median of count/total*target_sum over the corpus
-    species: str = "homo_sapiens"
+    species: Species = "homo_sapiens"
     gencode_version: str = ""
     max_length: int = 2048  # tokens per cell including [CLS]
     target_sum: float = 10_000.0  # library size that counts are scaled to before medians
@@ -269,6 +270,10 @@ class RankValueTokenizer:
             raise TokenizerError("genes and medians differ in length")
         if (self.medians <= 0).any():
             raise TokenizerError("every vocabulary gene needs a positive median")
+        if self.species not in get_args(Species):
+            raise TokenizerError(
+                f"tokenizer species {self.species!r}; one of {', '.join(get_args(Species))}"
+            )
         self.vocab = {g: i for i, g in enumerate(self.genes)}
         self._inv_median = 1.0 / self.medians
 
@@ -513,8 +518,10 @@ def check_shape(adata: ad.AnnData, where: str) -> None:
         )
 
 
-def _checked_mapping(adata: ad.AnnData, *, species: str, min_mapped: float) -> GeneMapping:
-    mapping = map_genes(adata.var, species=species)  # type: ignore[arg-type]
+def _checked_mapping(
+    adata: ad.AnnData, *, species: Species | Literal["auto"], min_mapped: float
+) -> GeneMapping:
+    mapping = map_genes(adata.var, species=species)
     where = str(adata.filename) if adata.isbacked else "the AnnData"
     if mapping.n_mapped == 0 or mapping.mapped_fraction < min_mapped:
         raise GeneMappingError(

@@ -44,10 +44,11 @@ UNCOVERED = "."  # internal mark for reference positions the genome does not rea
 
 
 def _standard_code() -> dict[str, str]:
-    from Bio.Data.CodonTable import standard_dna_table
+    from Bio.Data.CodonTable import unambiguous_dna_by_id
 
-    table = dict(standard_dna_table.forward_table)
-    table.update(dict.fromkeys(standard_dna_table.stop_codons, "*"))
+    standard = unambiguous_dna_by_id[1]  # NCBI table 1, the standard code
+    table = dict(standard.forward_table)
+    table.update(dict.fromkeys(standard.stop_codons, "*"))
     return table
 
 

@@ -64,11 +64,20 @@ _COMPLEMENT = str.maketrans("ACGTRYKMBDHVNacgtrykmbdhvn-", "TGCAYRMKVHDBNtgcayrm
 
 
 class OrfLike(Protocol):
-    """What the tokenizer needs of an ORF (``lifelm.io.annotation.Orf`` satisfies it)."""
+    """What the tokenizer needs of an ORF (``lifelm.io.annotation.Orf`` satisfies it); read-only."""
 
-    name: str
-    segments: tuple[tuple[int, int], ...]  # 1-based inclusive (start, end) on the genome
-    strand: str  # "+" or "-"
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def segments(self) -> tuple[tuple[int, int], ...]:
+        """1-based inclusive (start, end) on the genome."""
+        ...
+
+    @property
+    def strand(self) -> str:
+        """``"+"`` or ``"-"``."""
+        ...
 
 
 @dataclass

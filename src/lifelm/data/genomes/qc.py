@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,6 +62,12 @@ RULES = (
 def grade(score: float) -> Status:
     """Nextclade's status of a score: good below 30, mediocre below 100, bad from 100."""
     return "bad" if score >= 100 else "mediocre" if score >= 30 else "good"
+
+
+@cache
+def _nextclade_sarscov2() -> dict[str, Any]:
+    text = resources.files("lifelm").joinpath("resources/sarscov2_nextclade_qc.json").read_text()
+    return json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class QcConfig:
     min_span_bad: float | None = 0.5  # LifeLM: below this share (or not aligned): bad
 
     @classmethod
-    def from_pathogen_json(cls, path: str | Path, **overrides: object) -> QcConfig:
+    def from_pathogen_json(cls, path: str | Path, **overrides: Any) -> QcConfig:
         """Parameters from a Nextclade dataset's ``pathogen.json`` (its ``qc`` and ``mutLabels``)."""
         path = Path(path)
         try:
@@ -106,7 +112,7 @@ class QcConfig:
                 f"{path}: not a Nextclade pathogen.json with a 'qc' section ({err}); give the "
                 "dataset's pathogen.json or leave the option out for SARS-CoV-2's defaults."
             ) from err
-        kw: dict[str, object] = {}
+        kw: dict[str, Any] = {}  # JSON values; the dataclass fields type them
         md, ms = qc.get("missingData", {}), qc.get("mixedSites", {})
         pm, sc = qc.get("privateMutations", {}), qc.get("snpClusters", {})
         pairs = [
@@ -136,13 +142,7 @@ class QcConfig:
         )
         kw["labeled_substitutions"] = frozenset(data.get("mutLabels", {}).get("nucMutLabelMap", {}))
         kw.update(overrides)
-        return cls(**kw)  # type: ignore[arg-type]
-
-
-@cache
-def _nextclade_sarscov2() -> dict:
-    text = resources.files("lifelm").joinpath("resources/sarscov2_nextclade_qc.json").read_text()
-    return json.loads(text)
+        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -362,7 +362,7 @@ class QcResult:
 
     status: Status  # graded overall score
     reasons: tuple[str, ...]  # one plain sentence per rule that is not good
-    rules: dict[str, Status] = field(default_factory=dict)  # rule -> status ("" when not run)
+    rules: dict[str, Status | Literal[""]] = field(default_factory=dict)  # "" when not run
     scores: dict[str, float] = field(default_factory=dict)  # rule -> score (NaN when not run)
     overall_score: float = 0.0  # sum of score**2 / 100
     total_missing: int = 0  # N inside the alignment (Nextclade's totalMissing)
@@ -373,13 +373,35 @@ class QcResult:
     snp_clusters: tuple[tuple[int, int], ...] = ()  # first-last position of each cluster
 
 
-def _finish(scores: dict[str, float], reasons: list[str], **kw: object) -> QcResult:
+def _finish(
+    scores: dict[str, float],
+    reasons: list[str],
+    *,
+    total_missing: int = 0,
+    coverage: float = 0.0,
+    frameshifts: tuple[str, ...] = (),
+    stop_codons: tuple[str, ...] = (),
+    placement: Placement | None = None,
+    snp_clusters: tuple[tuple[int, int], ...] = (),
+) -> QcResult:
     run = {k: v for k, v in scores.items() if not np.isnan(v)}
     overall = float(sum(v * v / 100 for v in run.values()))
     rules: dict[str, Status] = {k: grade(v) for k, v in run.items()}
-    full_rules = {k: rules.get(k, "") for k in RULES}
+    full_rules: dict[str, Status | Literal[""]] = {k: rules.get(k, "") for k in RULES}
     full_scores = {k: scores.get(k, float("nan")) for k in RULES}
-    return QcResult(grade(overall), tuple(reasons), full_rules, full_scores, overall, **kw)  # type: ignore[arg-type]
+    return QcResult(
+        grade(overall),
+        tuple(reasons),
+        full_rules,
+        full_scores,
+        overall,
+        total_missing=total_missing,
+        coverage=coverage,
+        frameshifts=frameshifts,
+        stop_codons=stop_codons,
+        placement=placement,
+        snp_clusters=snp_clusters,
+    )
 
 
 # Long because it applies Nextclade's rules one after another in Nextclade's order, so each block can be checked against its documentation.

@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -45,6 +46,7 @@ from lifelm._core.runfolder import (
     lock_folder,
 )
 from lifelm._core.runtime import get_logger
+from lifelm.data.cells.genes import Species
 from lifelm.data.cells.tokenizer import (
     RankValueTokenizer,
     _check_values,
@@ -113,7 +115,7 @@ def _source_stats(uri: str, cfg: CorpusConfig, out: str) -> dict[str, Any]:
 
 
 def fit_streaming_tokenizer(
-    stats_files: list[Path], cfg: CorpusConfig, species: str, gencode: str
+    stats_files: list[Path], cfg: CorpusConfig, species: Species, gencode: str
 ) -> RankValueTokenizer:
     """Merge per-source histograms into the corpus vocabulary and medians (one source at a time)."""
     spec = HistogramSpec(bins_per_decade=cfg.bins_per_decade)
@@ -188,7 +190,9 @@ def _write_shard(
         cats, code = np.unique(meta[field][row - start].astype(str), return_inverse=True)
         codes[field] = code.astype(np.int32)
         categories[field] = cats.tolist()
-    np.savez(tmp / "meta.npz", row=row, **codes)
+    # numpy's stubs let **kwds collide with the allow_pickle flag; the keys here are array names
+    named: dict[str, Any] = {"row": row, **codes}
+    np.savez(tmp / "meta.npz", **named)
     files = {"tokens.bin": f.record(), **shard_checksums(tmp, ("offsets.npy", "meta.npz"))}
     info = {
         "name": final.name,
@@ -232,7 +236,7 @@ def _run(
 
 
 def build_corpus(
-    sources: list[str | Path],
+    sources: Sequence[str | Path],
     out: str | Path,
     *,
     config: CorpusConfig | None = None,
@@ -279,7 +283,7 @@ def _build_locked(
     source_bytes: int,
 ) -> Path:
     t0 = time.perf_counter()
-    plan = {"version": STORE_VERSION, "sources": uris, "config": asdict(cfg)}
+    plan: dict[str, Any] = {"version": STORE_VERSION, "sources": uris, "config": asdict(cfg)}
     plan_path = out / BUILD_FILE
     resume = (out / MANIFEST_NAME).is_file()
     if not resume and plan_path.is_file():  # a build started before manifests existed
@@ -340,11 +344,15 @@ def _build_locked(
             "medians",
             [n_rows[i] for i in todo],
         )
-        species = {r["species"] for r in results if r} or {cfg.species}
+        species = {r["species"] for r in results if r}
         if len(species) > 1:
             raise CorpusError(f"sources mix species {sorted(species)}; build one store per species")
-        sp_name = species.pop()
-        if sp_name == "auto":  # every stats file existed: read the species from the first source
+        sp_name: Species
+        if species:
+            sp_name = species.pop()
+        elif cfg.species != "auto":
+            sp_name = cfg.species
+        else:  # every stats file existed: read the species from the first source
             sp_name = _checked_mapping(
                 open_source(uris[0], layer=cfg.layer).shell, species="auto", min_mapped=0.0
             ).species

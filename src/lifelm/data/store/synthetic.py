@@ -10,6 +10,7 @@ one (temporary name, then rename), so a killed run keeps the files already writt
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -22,7 +23,7 @@ from lifelm.io.h5ad import read_h5ad
 
 
 def synthesize_corpus(
-    sources: list[str | Path],
+    sources: Sequence[str | Path],
     out_dir: str | Path,
     n_cells: int,
     *,

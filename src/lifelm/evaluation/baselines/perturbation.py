@@ -23,11 +23,26 @@ baseline does not apply (additive on a single perturbation).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from sklearn.decomposition import PCA
 
 from lifelm.data.cells.perturbation import PerturbationData, components, split_condition
+
+
+class PerturbationMethod(Protocol):
+    """What the benchmark scores: a baseline here, or a model-based method of the tasks layer."""
+
+    name: str
+
+    def fit(self, data: PerturbationData, train: Sequence[str]) -> object:
+        """Fit on the training condition ids of ``data``."""
+        ...
+
+    def predict_delta(self, condition: str) -> np.ndarray | None:
+        """(G,) predicted delta, or ``None`` when the method does not apply."""
+        ...
 
 
 class PerturbationBaseline:

@@ -41,7 +41,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from lifelm._core.runtime import get_logger
-from lifelm.data.cells.perturbation import CONTROL
+from lifelm.data.cells.perturbation import CONTROL, Preset
 from lifelm.tasks.cells.embed import embed_tokens
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.perturb import ScanConfig, resolve_genes, scan_cells
@@ -115,16 +115,16 @@ def genetic_validation(
     cells = model.tokenizer.encode(adata)
     e_ctrl_all = embed_tokens(model, cells.subset(ctrl_all), progress=False)
     mu_ctrl = np.nanmean(e_ctrl_all, 0)
-    observed, n_pert = [], []
+    observed_rows, n_pert = [], []
     for g in in_vocab:
         idx = np.flatnonzero(labels == g)
         if len(idx) > max_perturbed:
             idx = np.sort(rng.choice(idx, max_perturbed, replace=False))
-        observed.append(
+        observed_rows.append(
             np.nanmean(embed_tokens(model, cells.subset(idx), progress=False), 0) - mu_ctrl
         )
         n_pert.append(len(idx))
-    observed = np.stack(observed)  # (n_targets, D)
+    observed = np.stack(observed_rows)  # (n_targets, D)
     # in silico: every candidate target in the sampled control cells
     res = scan_cells(
         model, cells.subset(ctrl), tokens,
@@ -264,6 +264,8 @@ def kang_validation(
         donor_key=donor_key if _donors_in_both(adata, donor_key, label_key, start, goal) else None,
         device=str(next(model.trunk.parameters()).device), copy=True, progress=progress,
     )  # fmt: skip
+    if out is None:  # copy=True returns the annotated copy
+        raise RuntimeError("rank_targets(copy=True) returned no AnnData")
     table = out.uns["lifelm_targets"]["genes"].copy()
     ifn = set(interferon_alpha_genes()["genes"])
     sym = (
@@ -347,6 +349,7 @@ def run_all(
     base = Path(shared_data) / "singlecell"
     parts = [f"model: `{model_dir}`; seed {seed}; vocabulary coverage floor "
              f"{model.tokenizer.min_coverage:.0%}\n"]  # fmt: skip
+    runs: list[tuple[str, Path, Preset, dict[str, str] | None, Literal["delete", "overexpress"]]]
     runs = [
         ("Papalexi 2021 ECCITE-seq CRISPR KO (THP-1), in-silico deletion",
          base / "perturbation/papalexi2021_eccite_thp1_sceptre_299genes.h5ad", "papalexi", None, "delete"),
@@ -357,10 +360,10 @@ def run_all(
     for title, path, preset, subset, kind in runs:
         if preset.replace("perturbench", "norman") not in which:
             continue
-        adata = read_perturbation(path, preset, subset=subset)  # type: ignore[arg-type]
+        adata = read_perturbation(path, preset, subset=subset)
         per, summary = genetic_validation(
             adata, model, kind=kind, n_control=n_control, max_perturbed=max_perturbed, seed=seed
-        )  # type: ignore[arg-type]
+        )
         parts += [
             f"### {title}\n",
             f"{n_control} control cells scanned, <= {max_perturbed} perturbed cells per target.\n",

@@ -25,12 +25,14 @@ from lifelm._core.runtime import get_logger
 from lifelm.data.cells.perturbation import (
     PerturbationData,
     PerturbationSplit,
+    Preset,
+    SplitKind,
     components,
     make_split,
     read_perturbation,
     split_condition,
 )
-from lifelm.evaluation.baselines.perturbation import PerturbationBaseline, default_baselines
+from lifelm.evaluation.baselines.perturbation import PerturbationMethod, default_baselines
 from lifelm.evaluation.metrics.perturbation import (
     energy_distance,
     noise_ceiling,
@@ -51,8 +53,8 @@ class DatasetSpec:
 
     name: str  # row label
     path: str  # relative to the shared data root
-    preset: str  # read_perturbation preset
-    splits: tuple[str, ...]  # split kinds run on it
+    preset: Preset  # read_perturbation preset
+    splits: tuple[SplitKind, ...]  # split kinds run on it
     subset: tuple[tuple[str, str], ...] = ()  # (obs column, value) filters
     test_fraction: float = 0.25  # share of eligible perturbations held out
 
@@ -92,7 +94,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def load_dataset(spec: DatasetSpec, data_root: str | Path) -> PerturbationData:
     """Read and normalise one benchmark dataset."""
-    adata = read_perturbation(Path(data_root) / spec.path, spec.preset, subset=dict(spec.subset))  # type: ignore[arg-type]
+    adata = read_perturbation(Path(data_root) / spec.path, spec.preset, subset=dict(spec.subset))
     return PerturbationData.from_anndata(adata, name=spec.name)
 
 
@@ -104,7 +106,7 @@ def _target_indices(data: PerturbationData, condition: str) -> list[int]:
 def run_split(
     data: PerturbationData,
     split: PerturbationSplit,
-    methods: Sequence[PerturbationBaseline],
+    methods: Sequence[PerturbationMethod],
     *,
     k: int = 20,
     n_boot: int = 5,
@@ -140,10 +142,11 @@ def run_split(
         method.fit(data, split.train)
         preds = [method.predict_delta(c) for c in test]
         ok = [i for i, p in enumerate(preds) if p is not None]
+        kept = [p for p in preds if p is not None]
         if not ok:
             continue
         scores = score_predictions(
-            np.stack([preds[i] for i in ok]),
+            np.stack(kept),
             true[ok],
             [de[i] for i in ok],
             exclude=[exclude[i] for i in ok],
@@ -173,7 +176,7 @@ def run_benchmark(
     *,
     datasets: Sequence[str] = tuple(DATASETS),
     seeds: Sequence[int] = (0, 1, 2),
-    extra_methods: Callable[[PerturbationData], list[PerturbationBaseline]] | None = None,
+    extra_methods: Callable[[PerturbationData], list[PerturbationMethod]] | None = None,
     out: str | Path | None = None,
 ) -> pd.DataFrame:
     """Run every method on every (dataset, split, seed); write ``results.csv`` and splits under ``out``.
@@ -206,10 +209,12 @@ def run_benchmark(
         if name not in cache:
             cache[name] = load_dataset(spec, data_root)
         data = cache[name]
-        split = make_split(data, kind, seed=seed, test_fraction=spec.test_fraction)  # type: ignore[arg-type]
+        split = make_split(data, kind, seed=seed, test_fraction=spec.test_fraction)
         if out is not None:
             split.save(Path(out) / "splits" / f"{name}_{kind}_seed{seed}.json")
-        methods = default_baselines() + (extra_methods(data) if extra_methods else [])
+        methods: list[PerturbationMethod] = [*default_baselines()]
+        if extra_methods is not None:
+            methods += extra_methods(data)
         log.info("%s %s seed %d: %s", name, kind, seed, split.note)
         frames.append(run_split(data, split, methods))
     results = pd.concat(frames, ignore_index=True)
@@ -293,7 +298,7 @@ def plot_summary(
 
 def model_methods(
     model: str | Path, *, response_epochs: int = 300
-) -> Callable[[PerturbationData], list[PerturbationBaseline]]:
+) -> Callable[[PerturbationData], list[PerturbationMethod]]:
     """Methods that need the pretrained cell model: the cell-model linear baseline and the response model.
 
     The cell model's features are computed once per dataset (from control cells only, so no
@@ -302,21 +307,22 @@ def model_methods(
     from lifelm.evaluation.baselines.perturbation import Linear
     from lifelm.tasks.cells.embed import as_cell_model
     from lifelm.tasks.cells.respond import (
+        CellModelFeatures,
         PerturbationResponder,
         ResponseTrainConfig,
         cell_model_features,
     )
 
     cm = as_cell_model(model, "cpu")
-    cache: dict[str, object] = {}
+    cache: dict[str, CellModelFeatures] = {}
 
-    def make(data: PerturbationData) -> list[PerturbationBaseline]:
+    def make(data: PerturbationData) -> list[PerturbationMethod]:
         if data.name not in cache:
             cache[data.name] = cell_model_features(cm, data)
         feats = cache[data.name]
         return [
-            Linear(gene_embeddings=feats.gene_vectors, name="linear_cellmodel"),  # type: ignore[attr-defined]
-            PerturbationResponder(feats, ResponseTrainConfig(epochs=response_epochs)),  # type: ignore[list-item,arg-type]
+            Linear(gene_embeddings=feats.gene_vectors, name="linear_cellmodel"),
+            PerturbationResponder(feats, ResponseTrainConfig(epochs=response_epochs)),
         ]
 
     return make

@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestNeighbors
 
 
 def label_silhouette(
-    emb: np.ndarray, labels: Sequence[str], *, seed: int = 0, max_cells: int = 5000
+    emb: np.ndarray, labels: Sequence[str] | np.ndarray, *, seed: int = 0, max_cells: int = 5000
 ) -> float:
     """Cosine silhouette of the label groups, rescaled to [0, 1] as in scib ((s + 1) / 2)."""
     labels = np.asarray(labels, dtype=str)
@@ -21,7 +21,9 @@ def label_silhouette(
     return float((s + 1) / 2)
 
 
-def knn_label_agreement(emb: np.ndarray, labels: Sequence[str], *, k: int = 15) -> float:
+def knn_label_agreement(
+    emb: np.ndarray, labels: Sequence[str] | np.ndarray, *, k: int = 15
+) -> float:
     """Mean fraction of each cell's ``k`` nearest neighbours (cosine, itself excluded) with its label."""
     labels = np.asarray(labels, dtype=str)
     k = min(k, len(labels) - 1)
@@ -32,7 +34,9 @@ def knn_label_agreement(emb: np.ndarray, labels: Sequence[str], *, k: int = 15) 
     return float((labels[idx] == labels[:, None]).mean())
 
 
-def embedding_scores(emb: np.ndarray, labels: Sequence[str], *, k: int = 15) -> dict[str, float]:
+def embedding_scores(
+    emb: np.ndarray, labels: Sequence[str] | np.ndarray, *, k: int = 15
+) -> dict[str, float]:
     """Both scores at once; rows with NaN are left out."""
     ok = ~np.isnan(emb).any(1)
     labels = np.asarray(labels, dtype=str)[ok]

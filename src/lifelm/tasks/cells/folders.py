@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anndata as ad
 
+from lifelm._core.choices import one_of
 from lifelm._core.errors import OutputError
 from lifelm._core.runfolder import atomic_output, check_output_path, ensure_manifest, lock_folder
+from lifelm.data.cells.perturb_ops import Kind
 
 
 def parse_genes(genes: str | None) -> list[str] | None:
@@ -59,8 +61,10 @@ def perturb_to_folder(
     if run.max_cells is not None:
         adata = adata[: run.max_cells].copy()
     perturb(
-        adata, model, genes=parse_genes(run.genes), kind=run.kind, fraction=run.fraction,
-        layer=run.layer, method=run.method, screen=run.screen, top=run.top,
+        adata, model, genes=parse_genes(run.genes),
+        kind=one_of(run.kind, get_args(Kind), what="kind"), fraction=run.fraction,
+        layer=run.layer, method=one_of(run.method, ("exact", "screen"), what="method"),
+        screen=one_of(run.screen, ("gradient", "rank"), what="screen"), top=run.top,
         max_tokens=run.max_tokens, gene_shifts=run.gene_shifts, out_dir=out / "scan",
         device=run.device,
     )  # fmt: skip
@@ -127,7 +131,8 @@ def targets_to_folder(
         ensure_manifest(out, job="cells.targets", inputs=inputs, settings=settings, resume=resume)
         adata = ad.read_h5ad(data)
         rank_targets(
-            adata, model, label_key=run.label_key, start=run.start, goal=run.goal, kind=run.kind,
+            adata, model, label_key=run.label_key, start=run.start, goal=run.goal,
+            kind=one_of(run.kind, get_args(Kind), what="kind"),
             fraction=run.fraction, genes=settings["genes"], donor_key=run.donor_key,
             groupby=run.groupby, method=run.method, n_cells=run.n_cells,
             min_detection=run.min_detection, max_candidates=run.max_candidates, n_null=run.n_null,

@@ -44,7 +44,9 @@ def tokenize_corpus(
     min_genes: int = 10,
 ) -> tuple[TokenizedCells, dict[str, object]]:
     """Encode every dataset and drop cells with fewer than ``min_genes`` vocabulary genes (counted)."""
-    parts, report = [], {"datasets": [], "dropped_cells": 0}
+    parts = []
+    per_dataset: list[dict[str, object]] = []
+    dropped_cells = 0
     for adata in adatas:
         cells = tokenizer.encode(adata, layer=layer)
         keep = np.flatnonzero(cells.n_genes >= min_genes)
@@ -57,15 +59,15 @@ def tokenize_corpus(
                 len(cells),
                 min_genes,
             )
-        report["dropped_cells"] += dropped  # type: ignore[operator]
-        report["datasets"].append(  # type: ignore[union-attr]
+        dropped_cells += dropped
+        per_dataset.append(
             {"source": str(adata.filename or "AnnData"), "n_cells": len(keep), **cells.report}
         )
         parts.append(cells.subset(keep))
     if not parts or sum(len(p) for p in parts) == 0:
         raise ValueError(f"no cell has at least {min_genes} vocabulary genes; nothing to train on")
     merged = TokenizedCells.concat(parts)
-    return merged, report
+    return merged, {"datasets": per_dataset, "dropped_cells": dropped_cells}
 
 
 def _store_folder(data: object) -> Path | None:
@@ -191,7 +193,7 @@ def _store_spec(store_dir: Path, eval_fraction: float, seed: int) -> _DataSpec:
 
 
 def _h5ad_spec(
-    data: object,
+    data: ad.AnnData | str | Path | Sequence[ad.AnnData | str | Path],
     out_dir: Path,
     preset: str,
     max_length: int | None,
@@ -202,7 +204,7 @@ def _h5ad_spec(
     resume: bool,
 ) -> _DataSpec:
     """AnnData / h5ad inputs: fit (or, on resume, read back) the tokenizer, tokenize, split."""
-    adatas = _as_adatas(data)  # type: ignore[arg-type]
+    adatas = _as_adatas(data)
     tok_path = out_dir / TOKENIZER_FILE
     length = max_length or CellTransformerConfig.from_name(preset, vocab_size=4).max_length
     if resume and tok_path.is_file():

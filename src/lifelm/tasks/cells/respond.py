@@ -52,7 +52,7 @@ class CellModelFeatures:
 
 def gene_vectors(model: CellModel, symbols: Sequence[str]) -> dict[str, np.ndarray]:
     """Gene-embedding rows for the symbols the model's vocabulary holds (others are left out)."""
-    table = gene_table(model.tokenizer.species)  # type: ignore[arg-type]
+    table = gene_table(model.tokenizer.species)
     weight = model.trunk.gene_embedding.weight.detach().float().cpu().numpy()  # (V, D)
     out = {}
     for s in dict.fromkeys(symbols):

@@ -108,7 +108,7 @@ def _score_features(
 def _score_hamming(
     seqs: Sequence[str], fit: np.ndarray, y_fit: np.ndarray, classes: np.ndarray
 ) -> _Scored:
-    fit_seqs = [seqs[i] for i in np.flatnonzero(fit)]
+    fit_seqs = [seqs[i] for i in np.flatnonzero(fit).tolist()]
     d = hamming_distances(fit_seqs, list(seqs))
     dist = _class_min(d, y_fit, classes)
     pos = d[d > 0]

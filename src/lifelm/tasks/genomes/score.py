@@ -49,8 +49,8 @@ def _predictions(
     out = [[np.full((len(d), V), np.nan, dtype=np.float32) for d in t.docs] for t in toks]
     items = windows([t.docs for t in toks], context)
     for idx, ids in batched(items, batch_tokens):
-        logp, _ = model.token_logprobs(ids.to(device))  # (B, T, V)
-        logp = logp.cpu().numpy()
+        logp_t, _ = model.token_logprobs(ids.to(device))  # (B, T, V)
+        logp = logp_t.cpu().numpy()
         for r, i in enumerate(idx):
             w = items[i]
             n = len(w.ids)

@@ -90,6 +90,7 @@ def pretrain(
         Seeds the initial weights (before the model is built), the subset and the packing order.
     """
     eval_dataset = None
+    dataset: CodonStore | PackedCodonDataset
     if len(cds) == 1 and (Path(cds[0]) / CODON_STORE_FILE).is_file():
         # a codon store: packed rows read from disk in its block-shuffled order
         dataset = CodonStore(cds[0])

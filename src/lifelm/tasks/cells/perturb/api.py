@@ -25,7 +25,7 @@ from lifelm.tasks.cells.perturb.store import ScanResult
 def gene_names(model: CellModel, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ensembl IDs and symbols of gene tokens."""
     ids = model.tokenizer.genes[np.asarray(tokens, dtype=np.int64) - N_SPECIAL]
-    table = gene_table(model.tokenizer.species)  # type: ignore[arg-type]
+    table = gene_table(model.tokenizer.species)
     sym = np.array([table.id_to_symbol.get(g, g) for g in ids])
     return ids, sym
 
@@ -54,7 +54,7 @@ def summarize(res: ScanResult, model: CellModel) -> pd.DataFrame:
 
 def responders(res: ScanResult, model: CellModel, target: int, *, top: int = 20) -> pd.DataFrame:
     """Genes whose own embedding moves most when perturbation ``target`` is applied (mean over cells)."""
-    if res.gs_offsets is None:
+    if res.gs_offsets is None or res.affected is None or res.gene_shift is None:
         raise ValueError("the scan was run without gene_shifts=True")
     rows = np.flatnonzero(res.target == target)
     spans = [np.arange(res.gs_offsets[r], res.gs_offsets[r + 1]) for r in rows]
@@ -76,7 +76,7 @@ def responders(res: ScanResult, model: CellModel, target: int, *, top: int = 20)
 
 def resolve_genes(model: CellModel, genes: Sequence[str]) -> list[tuple[int, ...]]:
     """Gene symbols or Ensembl IDs (``A+B`` for a combination) -> perturbation token tuples."""
-    table = gene_table(model.tokenizer.species)  # type: ignore[arg-type]
+    table = gene_table(model.tokenizer.species)
     out = []
     for label in genes:
         combo = []

@@ -46,6 +46,8 @@ def _cell_screen(
     x0 = x0.clone().requires_grad_(True)
     emb = trunk.embed(ids, inputs_embeds=x0, gate=gate)  # (k, D): copy m reads direction m
     (emb * basis.T).sum().backward()
+    if gate.grad is None or x0.grad is None:
+        raise RuntimeError("deletion screen: no gradient reached the gate or the input embeddings")
     g_gate = gate.grad[:, 1 : 1 + n]  # (k, n) d(u_m . E)/d g_j
     # gene at rank r sits at position r + 1; moving up one rank changes its input by
     # pos[r] - pos[r + 1], for ranks 1..n-1

@@ -140,7 +140,9 @@ def write_part(out_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     """Add one group's results to the folder (atomic: a killed write leaves no part)."""
     k = len(list(out_dir.glob("part-*.npz")))
     tmp = out_dir / f".part-{k:06d}.tmp.npz"
-    np.savez(tmp, **arrays)
+    # numpy's stubs let **kwds collide with the allow_pickle flag; the keys here are array names
+    named: dict[str, Any] = dict(arrays)
+    np.savez(tmp, **named)
     os.replace(tmp, out_dir / f"part-{k:06d}.npz")
 
 
