@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -649,13 +649,25 @@ def create_app(settings: Settings) -> FastAPI:
         """Cancel a queued or running job."""
         a.need("member")
         j = get_job(a, s, job_id)
-        if j.status == "queued":
-            j.status, j.finished = "cancelled", utcnow()
-        elif j.status == "running":
-            j.status = "cancelling"
-        elif j.status != "cancelling":
+        # compare-and-set against the scheduler thread, which may launch or finish the job
+        # between our read and our write: a queued job is cancelled only if still queued, a
+        # running one is marked for the scheduler to stop only if still running
+        for frm, to in (("queued", "cancelled"), ("running", "cancelling")):
+            values: dict[str, Any] = {"status": to}
+            if to == "cancelled":
+                values["finished"] = utcnow()
+            done = s.execute(
+                update(Job)
+                .where(Job.id == j.id, Job.status == frm)
+                .values(**values)
+                .returning(Job.id)
+            ).first()
+            s.commit()
+            if done is not None:
+                break
+        s.refresh(j)
+        if j.status not in ("cancelled", "cancelling"):
             raise HTTPException(409, f"job {job_id} is {j.status}; nothing to cancel")
-        s.commit()
         scheduler.wake()
         return _job_out(j)
 

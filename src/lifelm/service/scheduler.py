@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -234,6 +234,19 @@ class Scheduler:
             self._launch(s, job)
 
     def _launch(self, s: Session, job: Job) -> None:
+        # The API thread may cancel this job at any moment, so every status change here is a
+        # compare-and-set: claim the job only while it is still queued, and mark it running only
+        # while no cancel came in meanwhile (a cancel then stops the started worker next tick).
+        claimed = s.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="running", started=utcnow(), heartbeat=utcnow(), external_id=None)
+            .returning(Job.id)
+        ).first()
+        s.commit()
+        if claimed is None:
+            return
+        s.refresh(job)
         spec = parse_spec(job.spec)
         datasets = {
             d.name: d.path
@@ -243,30 +256,39 @@ class Scheduler:
             f"{m.name}:{m.version}": m.path
             for m in s.scalars(select(Model).where(Model.project_id == job.project_id))
         }
-        job.attempt += 1
+        attempt = job.attempt + 1
         folder = self.job_dir(job)
         payload = {
             "id": job.id,
-            "attempt": job.attempt,
-            "argv": specs.command(spec, datasets, models, resume=job.attempt > 1),
+            "attempt": attempt,
+            "argv": specs.command(spec, datasets, models, resume=attempt > 1),
             "processes": getattr(spec, "processes", 1),
             "launcher": "srun" if job.executor == "slurm" else "local",
             "cpus": job.cpus,
             "gpus": job.gpus,
             "max_hours": job.max_hours,
         }
-        if job.attempt > 1 and job.task != "cells.pretrain":  # nothing to resume: start clean
+        if attempt > 1 and job.task != "cells.pretrain":  # nothing to resume: start clean
             shutil.rmtree(folder / "out", ignore_errors=True)
         write_job(folder, payload)
         try:
-            job.external_id = self.executors[job.executor].start(folder, payload)
+            external_id = self.executors[job.executor].start(folder, payload)
         except ExecutorError as e:
-            job.status, job.error, job.finished = "failed", str(e), utcnow()
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(status="failed", error=str(e), finished=utcnow(), attempt=attempt)
+            )
             s.commit()
             return
-        job.status, job.started, job.heartbeat = "running", utcnow(), utcnow()
-        job.error = None
+        # the worker runs: record it whatever the status now is ('cancelling' is handled next tick)
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(external_id=external_id, attempt=attempt, error=None, heartbeat=utcnow())
+        )
         s.commit()
+        s.refresh(job)
 
 
 def parse_spec(raw: dict):
