@@ -1,9 +1,8 @@
 """Checkpoint folders: ``model.safetensors`` + ``config.json``.
 
 A folder is enough to rebuild a model: the JSON sidecar holds the model config, the tokenizer
-identity (vocabulary, medians, hash), the package version, the training step and data
-provenance. Extra arrays (gene medians, vocabularies) go into the safetensors file under an
-``extra.`` prefix so that the JSON stays readable.
+(vocabulary, medians, hash), the package version, the training step and data provenance; the
+safetensors file holds the weights only.
 
 Both files are written atomically (temporary file, then rename). Weights with NaN or infinite
 values are refused on save and on load (:class:`NonFiniteWeightsError`): a

@@ -130,7 +130,6 @@ def _rank_rows(
     bits: np.ndarray,
     keys: np.ndarray,
     n_valid: np.ndarray,
-    max_genes: int,
 ) -> None:  # pragma: no cover - compiled
     """Per row: one 64-bit key per expressed vocabulary gene, sorted ascending in place.
 
@@ -194,7 +193,7 @@ def rank_block(
     bits = np.multiply(data, inv_ext[vcol], dtype=np.float32).view(np.uint32)  # (nnz,)
     keys = np.empty(len(bits), dtype=np.uint64)
     n_valid = np.empty(block.shape[0], dtype=np.int64)
-    _rank_rows(indptr, vcol, bits, keys, n_valid, max_genes)
+    _rank_rows(indptr, vcol, bits, keys, n_valid)
     offsets = np.concatenate([[0], np.cumsum(np.minimum(n_valid, max_genes))]).astype(np.int64)
     tokens = np.empty(int(offsets[-1]), dtype=np.int32)
     _gather_tokens(indptr, keys, offsets, tokens)
