@@ -32,6 +32,7 @@ from lifelm.io.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from lifelm.io.geneformer import GeneformerImportError
 from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
 from lifelm.tasks.cells.model_io import CellModel, load_cell_model, save_cell_model, sidecar
 
@@ -361,6 +362,7 @@ def copy_model(model_dir: Path, tmp_path: Path) -> Path:
         ("bad_json", "config.json: not valid JSON"),
         ("edited_config", "config.json: incomplete or edited cell-model config"),
         ("not_a_model", "is not a LifeLM cell model"),
+        ("broken_hf_bert", "a Hugging Face BERT config without num_hidden_layers"),
         ("nan_weights", "hold NaN or infinite values"),
     ],
 )
@@ -391,6 +393,8 @@ def test_damaged_checkpoints_are_refused_naming_the_file_and_the_fix(
         del cfg["tokenizer"]
         c.write_text(json.dumps(cfg))
     elif damage == "not_a_model":
+        c.write_text(json.dumps({"model_type": "llama"}))
+    elif damage == "broken_hf_bert":  # read as a Geneformer folder, but incomplete
         c.write_text(json.dumps({"model_type": "bert"}))
     elif damage == "nan_weights":
         state = load_file(str(w))
@@ -398,7 +402,7 @@ def test_damaged_checkpoints_are_refused_naming_the_file_and_the_fix(
         state[name] = state[name].clone()
         state[name].view(-1)[0] = float("nan")
         save_file(state, str(w))
-    with pytest.raises((CheckpointError, NumericalError), match=message):
+    with pytest.raises((CheckpointError, NumericalError, GeneformerImportError), match=message):
         load_cell_model(m)
     out = tmp_path / "out.h5ad"
     code, err = cli(embed_args(good_h5ad, m, out), capsys)

@@ -147,6 +147,16 @@ def read_geneformer(folder: str | Path, dictionaries: str | Path | None = None) 
         raise GeneformerImportError(
             f"{folder}/config.json: hidden_act {act!r}; only relu/gelu map 1:1"
         )
+    required = (
+        "num_hidden_layers", "vocab_size", "hidden_size", "num_attention_heads",
+        "intermediate_size", "max_position_embeddings",
+    )  # fmt: skip
+    missing = [k for k in required if k not in c]
+    if missing:
+        raise GeneformerImportError(
+            f"{folder}/config.json: a Hugging Face BERT config without {', '.join(missing)}; "
+            "pass a folder with the complete model (config.json as saved by save_pretrained)."
+        )
     n_layers = int(c["num_hidden_layers"])
     cfg = {
         "bert_vocab_size": int(c["vocab_size"]),
