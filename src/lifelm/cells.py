@@ -303,9 +303,12 @@ def annotate(
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     ref_path = ""
+    ref_adata: ad.AnnData | None
     if isinstance(reference, str | Path):
         ref_path = str(reference)
-        reference = read(reference)
+        ref_adata = read(reference)
+    else:
+        ref_adata = reference
     if isinstance(model, str | Path):
         model = load_model(model, device="cpu")
     if model is None and method == "model":
@@ -313,7 +316,7 @@ def annotate(
     trained = isinstance(model, KnnAnnotator) or (
         isinstance(model, CellModel) and model.is_classifier
     )
-    if reference is None:
+    if ref_adata is None:
         if model is None or not trained:
             raise InputError(
                 "a pretrained model without a classification head needs reference= and "
@@ -323,21 +326,21 @@ def annotate(
         return _annotate_with_trained(
             adata, model, min_confidence, key_added, layer, query_label_key, label_map, copy
         )
-    if trained and model is not None:
+    if isinstance(model, KnnAnnotator) or (isinstance(model, CellModel) and model.is_classifier):
         raise InputError(
             "give a pretrained model together with reference=: a fine-tuned classifier cannot be "
             "checked on held-out reference cells it may have been trained on"
         )
 
     # -- the reference: harmonised labels, split into training and held-out cells
-    if label_key not in reference.obs:
+    if label_key not in ref_adata.obs:
         raise InputError(
             f"reference has no label column {label_key!r} (columns: "
-            f"{list(reference.obs.columns)}); pass --label-key"
+            f"{list(ref_adata.obs.columns)}); pass --label-key"
         )
-    raw = reference.obs[label_key]
+    raw = ref_adata.obs[label_key]
     labelled = (raw.notna() & (raw.astype(str) != "")).to_numpy()
-    ref = reference[labelled]
+    ref = ref_adata[labelled]
     ref = ref.to_memory() if ref.isbacked else ref.copy()
     y_all = harmonise_labels(ref.obs[label_key], label_map)
     ref.obs[_LABEL] = y_all
@@ -371,7 +374,7 @@ def annotate(
     cm: CellModel | None = None
     if model is not None:
         t0 = time.perf_counter()
-        cm = as_cell_model(model, device)  # type: ignore[arg-type]
+        cm = as_cell_model(model, device)
         annotator = train_annotator(
             ref_tr,
             cm,
@@ -436,9 +439,9 @@ def annotate(
         "model": str(cm.folder) if cm is not None and cm.folder else "",
         "tokenizer_sha256": cm.tokenizer.hash() if cm is not None else "",
         "reference": {
-            "path": ref_path or str(getattr(reference, "filename", "") or ""),
-            "n_obs": int(reference.n_obs),
-            "n_vars": int(reference.n_vars),
+            "path": ref_path or str(getattr(ref_adata, "filename", "") or ""),
+            "n_obs": int(ref_adata.n_obs),
+            "n_vars": int(ref_adata.n_vars),
             "label_key": label_key,
             "labelled_cells": int(labelled.sum()),
         },

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
+from lifelm._core.choices import one_of
 from lifelm._core.runtime import get_logger
 from lifelm.cells import annotate, annotation_summary
 from lifelm.evaluation.benchmarks.annotation import harmonise_labels
 from lifelm.io.h5ad import read_h5ad
 from lifelm.reports.annotation import verdict, write_annotation_report
+from lifelm.tasks.cells.annotate import Mode
 from lifelm.tasks.cells.pretrain import pretrain
 from lifelm.testing.synthetic import synthetic_cells
 from lifelm.training.loop import TrainConfig
@@ -176,7 +178,7 @@ def run_demo(
         label_key=d["label_key"],
         query_label_key=d["query_label_key"],
         label_map=d["label_map"],
-        mode=mode,  # type: ignore[arg-type]
+        mode=one_of(mode, get_args(Mode), what="mode"),
         seed=seed,
         out_dir=out / "annotator",
     )

@@ -151,7 +151,7 @@ def pretrain(
         checkpoint_every=checkpoint_every,
         seed=seed,
         device=device.value,
-        strategy=strategy.value,  # type: ignore[arg-type]
+        strategy=strategy.value,
     )
     result = run(
         data[0] if len(data) == 1 and data[0].is_dir() else data,
@@ -211,9 +211,9 @@ def embed(
     adata = read_h5ad(data)
     check_output_path(out, suffixes=(".h5ad",), need_bytes=data.stat().st_size + 4096 * adata.n_obs)
     tech = CpuTechniques(
-        quantize=quantize.value,  # type: ignore[arg-type]
+        quantize=quantize.value,
         compile=compile_,
-        precision=precision.value,  # type: ignore[arg-type]
+        precision=precision.value,
         jobs=jobs,
     )
     with naming(data):
@@ -341,8 +341,8 @@ def annotate(
         model,
         reference=reference,
         label_key=label_key,
-        method=method.value,  # type: ignore[arg-type]
-        mode=mode.value,  # type: ignore[arg-type]
+        method=method.value,
+        mode=mode.value,
         min_confidence=min_confidence,
         novelty_quantile=novelty_quantile,
         holdout_fraction=holdout_fraction,

@@ -116,6 +116,8 @@ class BertLayer(nn.Module):
 class BertEncoder(nn.Module):
     """Geneformer's encoder behind LifeLM's cell-model interface (see the module docstring)."""
 
+    token_map: torch.Tensor  # buffer registered in __init__: LifeLM token id -> BERT token id
+
     def __init__(self, cfg: BertEncoderConfig) -> None:
         super().__init__()
         self.config = cfg

@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lifelm.models.presets import lookup_preset
+
+if TYPE_CHECKING:
+    from lifelm.models.bert_encoder import BertEncoder
 
 PAD_ID = 0  # must match lifelm.data.cells.tokenizer.PAD (the data layer owns the ids)
 
@@ -125,7 +129,8 @@ class CellTransformer(nn.Module):
         self.position_embedding = nn.Embedding(cfg.max_length, cfg.d_model)
         self.embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        blocks = [Block(cfg) for _ in range(cfg.n_layers)]
+        self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         # masked-gene head: transform, then project onto the (tied) gene embedding
         self.mlm_transform = nn.Sequential(
@@ -135,9 +140,12 @@ class CellTransformer(nn.Module):
         )
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
         self.apply(self._init)
-        for block in self.blocks:  # GPT-2 style scaled init of residual projections
+        for block in blocks:  # GPT-2 style scaled init of residual projections
+            ffn_out = block.ffn[2]
+            if not isinstance(ffn_out, nn.Linear):
+                raise TypeError(f"Block.ffn[2] is a {type(ffn_out).__name__}, expected nn.Linear")
             nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
-            nn.init.normal_(block.ffn[2].weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
+            nn.init.normal_(ffn_out.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -253,9 +261,11 @@ class CellClassifierConfig:
 class CellClassifier(nn.Module):
     """Fine-tuning wrapper: trunk + pooled embedding + classification head."""
 
-    def __init__(self, trunk: CellTransformer, cfg: CellClassifierConfig) -> None:
+    class_weight: torch.Tensor  # buffer registered in __init__
+
+    def __init__(self, trunk: CellTransformer | BertEncoder, cfg: CellClassifierConfig) -> None:
         super().__init__()
-        self.trunk = trunk
+        self.trunk: CellTransformer | BertEncoder = trunk
         self.config = cfg
         d = trunk.config.d_model
         layers: list[nn.Module] = [nn.Dropout(cfg.dropout)]

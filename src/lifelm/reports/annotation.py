@@ -124,7 +124,9 @@ def _figures(
         # one colour per label name across both panels; Unassigned in grey
         names = sorted({str(v) for lab, _ in panels for v in pd.unique(lab.astype(str))})
         cmap = matplotlib.colormaps["tab20"]
-        colors = {c: cmap(i % 20) for i, c in enumerate(n for n in names if n != "Unassigned")}
+        colors: dict[str, str | tuple[float, float, float, float]] = {
+            c: cmap(i % 20) for i, c in enumerate(n for n in names if n != "Unassigned")
+        }
         colors["Unassigned"] = "#bbbbbb"
         for ax, (lab, title) in zip(np.atleast_1d(axes), panels, strict=True):
             _scatter(ax, umap, lab, title, colors)
@@ -139,7 +141,7 @@ def _figures(
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if m[i, j]:
-                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
                             color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
         ax.set_xticks(range(m.shape[1]), conf["predicted"], rotation=60, ha="right")
         ax.set_yticks(range(m.shape[0]), conf["true"])

@@ -18,7 +18,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from lifelm.data.cells.counts import find_counts
@@ -53,7 +53,7 @@ class PcaLogReg:
 
     genes: dict[str, int]
     hvg: np.ndarray
-    model: object
+    model: Pipeline  # StandardScaler, clip, PCA, LogisticRegression
 
     @classmethod
     def fit(
@@ -87,21 +87,21 @@ class PcaLogReg:
     def transform(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
         """The PCA embedding (for embedding-quality comparisons)."""
         x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
-        return self.model[:-1].transform(x)  # type: ignore[index]
+        return self.model[:-1].transform(x)
 
     def predict(self, adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
         x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
-        return self.model.predict(x)  # type: ignore[attr-defined]
+        return self.model.predict(x)
 
     @property
     def classes(self) -> list[str]:
         """Class names in the column order of :meth:`predict_proba`."""
-        return [str(c) for c in self.model.classes_]  # type: ignore[attr-defined]
+        return [str(c) for c in self.model.classes_]
 
     def predict_proba(
         self, adata: ad.AnnData, layer: str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities (columns in :attr:`classes` order) and the PCA embedding."""
         x = log_normalized(adata, self.genes, layer)[:, self.hvg].toarray()
-        pcs = self.model[:-1].transform(x)  # type: ignore[index]
-        return self.model[-1].predict_proba(pcs), pcs  # type: ignore[index]
+        pcs = self.model[:-1].transform(x)
+        return self.model[-1].predict_proba(pcs), pcs

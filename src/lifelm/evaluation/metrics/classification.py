@@ -8,32 +8,37 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 
-def classification_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+def classification_scores(
+    y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndarray
+) -> dict[str, float]:
     """Accuracy and macro-F1 over the classes present in ``y_true`` (predictions of other classes count as errors)."""
-    y_true = np.asarray(y_true, dtype=str)
-    y_pred = np.asarray(y_pred, dtype=str)
-    labels = np.unique(y_true)
+    true = np.asarray(y_true, dtype=str)
+    pred = np.asarray(y_pred, dtype=str)
+    labels = np.unique(true)
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-        ),
-        "n": len(y_true),
+        "accuracy": float(accuracy_score(true, pred)),
+        "macro_f1": float(f1_score(true, pred, labels=labels, average="macro", zero_division=0)),
+        "n": len(true),
     }
 
 
-def per_class_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+def per_class_f1(
+    y_true: Sequence[str] | np.ndarray, y_pred: Sequence[str] | np.ndarray
+) -> dict[str, float]:
     """F1 per true class."""
-    y_true = np.asarray(y_true, dtype=str)
-    labels = np.unique(y_true)
+    true = np.asarray(y_true, dtype=str)
+    labels = np.unique(true)
     scores = f1_score(
-        y_true, np.asarray(y_pred, dtype=str), labels=labels, average=None, zero_division=0
+        true, np.asarray(y_pred, dtype=str), labels=labels, average=None, zero_division=0
     )
     return {str(k): float(v) for k, v in zip(labels, scores, strict=True)}
 
 
 def reliability(
-    confidence: Sequence[float], correct: Sequence[bool], *, n_bins: int = 10
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    *,
+    n_bins: int = 10,
 ) -> dict[str, list[float]]:
     """Reliability-diagram data: per equal-width confidence bin, mean confidence, accuracy, count.
 
@@ -61,7 +66,10 @@ def reliability(
 
 
 def expected_calibration_error(
-    confidence: Sequence[float], correct: Sequence[bool], *, n_bins: int = 10
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+    *,
+    n_bins: int = 10,
 ) -> float:
     """ECE: sum over equal-width confidence bins of (cells in bin / all) x |accuracy - confidence|.
 
@@ -76,7 +84,10 @@ def expected_calibration_error(
 
 
 def confusion(
-    y_true: Sequence[str], y_pred: Sequence[str], *, labels: Sequence[str] | None = None
+    y_true: Sequence[str] | np.ndarray,
+    y_pred: Sequence[str] | np.ndarray,
+    *,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, object]:
     """Confusion matrix (rows: true, columns: predicted) over the union of labels seen."""
     y_true = np.asarray(y_true, dtype=str)

@@ -256,8 +256,12 @@ def train_annotator(
             "finetune": {"lr": cfg.lr, "batch_size": cfg.batch_size, "steps": cfg.max_steps},
         },
     )
-    scratch = None if out_dir else tempfile.TemporaryDirectory(prefix="lifelm-annotate-")
-    folder = Path(out_dir) if out_dir else Path(scratch.name)  # type: ignore[union-attr]
+    scratch: tempfile.TemporaryDirectory[str] | None = None
+    if out_dir:
+        folder = Path(out_dir)
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="lifelm-annotate-")
+        folder = Path(scratch.name)
     log.info(
         "fine-tuning on %d cells: %d steps of %d, lr %.1e (head from a probe, train acc %.3f)",
         len(y),

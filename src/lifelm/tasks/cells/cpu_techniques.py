@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -34,7 +35,14 @@ from torch import nn
 from lifelm._core.errors import InputError
 from lifelm._core.runtime import get_logger
 
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+
+    from lifelm.models.bert_encoder import BertEncoder
+    from lifelm.models.cell_transformer import CellTransformer
+
 log = get_logger("lifelm.cpu")
+_Net = TypeVar("_Net", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -100,18 +108,23 @@ def resolve(request: CpuTechniques, device: torch.device) -> tuple[CpuTechniques
     return out, notes
 
 
-def quantize_int8(network: nn.Module) -> nn.Module:
+def quantize_int8(network: _Net) -> _Net:
     """A copy of ``network`` with every ``nn.Linear`` dynamically quantised to int8."""
     with warnings.catch_warnings():  # torch.ao's deprecation notices (the API still works)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(network).eval(), {nn.Linear}, dtype=torch.qint8
+        # quantize_dynamic swaps the Linear layers of the copy in place and returns the copy,
+        # so the result has the class of ``network``
+        return cast(
+            "_Net",
+            torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(network).eval(), {nn.Linear}, dtype=torch.qint8
+            ),
         )
 
 
 def embed_fn(
-    trunk: nn.Module, tech: CpuTechniques, device: torch.device
+    trunk: CellTransformer | BertEncoder, tech: CpuTechniques, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward ``ids -> (B, D)`` embedding with the techniques of ``tech`` applied."""
     model = quantize_int8(trunk) if tech.quantize == "int8" else trunk
@@ -159,12 +172,12 @@ def _split_cores(jobs: int) -> list[list[int]]:
 def _worker(
     rank: int,
     cores: list[int],
-    trunk: nn.Module,
+    trunk: CellTransformer | BertEncoder,
     tech: CpuTechniques,
     cells: list[np.ndarray],
     max_length: int,
-    tasks: object,
-    results: object,
+    tasks: Queue[Any],
+    results: Queue[Any],
 ) -> None:  # pragma: no cover - runs in a child process
     try:
         if hasattr(os, "sched_setaffinity"):  # pinning is Linux-only; elsewhere threads only
@@ -183,7 +196,7 @@ def _worker(
 
 
 def embed_parallel(
-    trunk: nn.Module,
+    trunk: CellTransformer | BertEncoder,
     cells: list[np.ndarray],
     batches: list[np.ndarray],
     tech: CpuTechniques,
@@ -233,4 +246,7 @@ def embed_parallel(
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
-    return out  # type: ignore[return-value]
+    done = [emb for emb in out if emb is not None]
+    if len(done) != len(out):  # every batch was counted once above; guard against a lost one
+        raise RuntimeError(f"embedding workers returned {len(done)} of {len(out)} batches")
+    return done

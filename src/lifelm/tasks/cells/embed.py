@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -16,6 +17,10 @@ from lifelm.data.cells.datasets import length_batches, pad_cells
 from lifelm.data.cells.tokenizer import PAD, TokenizedCells
 from lifelm.tasks.cells.cpu_techniques import CpuTechniques, embed_fn, embed_parallel, resolve
 from lifelm.tasks.cells.model_io import CellModel, load_cell_model
+
+if TYPE_CHECKING:
+    from lifelm.models.bert_encoder import BertEncoder
+    from lifelm.models.cell_transformer import CellTransformer
 
 log = get_logger("lifelm.embed")
 DEFAULT_EMBEDDING = "mean over gene tokens of the last layer (after the final LayerNorm)"
@@ -102,7 +107,7 @@ def check_embeddings(emb: np.ndarray, lengths: np.ndarray, *, where: str) -> Non
 
 
 def _embed_with(
-    trunk: torch.nn.Module,
+    trunk: CellTransformer | BertEncoder,
     cells: TokenizedCells,
     todo: np.ndarray,
     out: np.ndarray,

@@ -21,7 +21,7 @@ ordered by vocabulary index (Geneformer's ``argsort`` order is unspecified for t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ def _tokenizer(
             f"{gf.files.get('gene_medians')}"
         )
     ids = np.array([g for _, g in usable])
-    species = (
+    species: Literal["homo_sapiens", "mus_musculus"] = (
         "mus_musculus" if np.mean([g.startswith("ENSMUSG") for g in ids]) > 0.5 else "homo_sapiens"
     )
     v2 = gf.version == "V2"
@@ -118,7 +118,7 @@ def geneformer_cell_model(
     state["token_map"] = torch.from_numpy(token_map)
     net.load_state_dict(state, strict=True)
     net.eval()
-    config = {
+    config: dict[str, Any] = {
         "model_type": BERT_MODEL,
         "model": cfg.to_dict(),
         "tokenizer": tok.to_dict(),

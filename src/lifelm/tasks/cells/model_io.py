@@ -124,10 +124,14 @@ def load_cell_model(
             f"{folder}: model vocab_size {trunk_cfg.vocab_size} != tokenizer vocabulary "
             f"{tokenizer.vocab_size}; the checkpoint is inconsistent"
         )
-    trunk = BertEncoder(trunk_cfg) if bert else CellTransformer(trunk_cfg)
+    trunk: CellTransformer | BertEncoder
+    if isinstance(trunk_cfg, BertEncoderConfig):
+        trunk = BertEncoder(trunk_cfg)
+    else:
+        trunk = CellTransformer(trunk_cfg)
     network: CellTransformer | CellClassifier | BertEncoder = trunk
-    if kind == CELL_CLASSIFIER:
-        network = CellClassifier(trunk, head_cfg)  # type: ignore[arg-type]
+    if head_cfg is not None:  # kind == CELL_CLASSIFIER
+        network = CellClassifier(trunk, head_cfg)
     try:
         missing, unexpected = network.load_state_dict(state, strict=False)
     except RuntimeError as e:  # tensor shapes differ from the config

@@ -37,6 +37,7 @@ from lifelm.data.cells.perturb_ops import (
     perturb_combination,
 )
 from lifelm.data.cells.tokenizer import CLS, N_SPECIAL, PAD, TokenizedCells
+from lifelm.models.bert_encoder import BertEncoder
 from lifelm.models.cell_transformer import CellTransformer
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.perturb.store import (
@@ -97,7 +98,7 @@ class Targets:
 class ScanPlan:
     """Everything the scan of one group of cells needs."""
 
-    trunk: CellTransformer
+    trunk: CellTransformer | BertEncoder
     cells: TokenizedCells  # already cut to the context
     targets: Targets
     config: ScanConfig
@@ -198,7 +199,7 @@ def _with_cls(tokens: np.ndarray) -> torch.Tensor:
 
 
 def _forward(
-    trunk: CellTransformer, ids: torch.Tensor, amp: torch.dtype | None
+    trunk: CellTransformer | BertEncoder, ids: torch.Tensor, amp: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states (B, T, D) and pooled embeddings (B, D), as float32.
 

@@ -23,6 +23,7 @@ import torch
 from lifelm._core.progress import make_progress
 from lifelm.data.cells.datasets import pad_cells
 from lifelm.data.cells.tokenizer import N_SPECIAL, TokenizedCells
+from lifelm.models.bert_encoder import BertEncoder
 from lifelm.models.cell_transformer import CellTransformer
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.perturb.scan import ScanConfig, scan_cells, single_targets
@@ -30,7 +31,11 @@ from lifelm.tasks.cells.perturb.store import ScanResult
 
 
 def _cell_screen(
-    trunk: CellTransformer, cell: np.ndarray, k: int, gen: torch.Generator, rank_shift: bool
+    trunk: CellTransformer | BertEncoder,
+    cell: np.ndarray,
+    k: int,
+    gen: torch.Generator,
+    rank_shift: bool,
 ) -> np.ndarray:
     """First-order deletion shift of every gene of one cell (rank order), from one backward pass."""
     device = next(trunk.parameters()).device
