@@ -344,7 +344,7 @@ def test_finetune_annotator_on_imported_model(tmp_path, cells):
     write_geneformer(gf_dir, cells, version="V1", max_position=32)
     folder = import_geneformer(gf_dir, tmp_path / "m")
     cfg = TrainConfig(
-        max_steps=3, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=0, log_every=1
+        max_steps=40, batch_size=4, lr=3e-3, warmup_steps=0, checkpoint_every=0, log_every=1
     )
     clf = train_annotator(
         cells,
