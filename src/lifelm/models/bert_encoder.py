@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PAD_ID = 0  # LifeLM's [PAD] (lifelm.data.cells.tokenizer.PAD)
+from lifelm.models.pooling import PAD_ID, gene_mean
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
@@ -228,13 +229,7 @@ class BertEncoder(nn.Module):
         """Cell embedding (B, D): mean over gene tokens (gate-weighted if given) or the ``<cls>`` state."""
         if self.config.pooling == "cls":
             return hidden[:, 0]
-        mask = input_ids.ne(PAD_ID).to(hidden.dtype)
-        mask[:, 0] = 0
-        if gate is not None:
-            mask = mask * gate
-        denom = mask.sum(1, keepdim=True)
-        denom = denom.masked_fill(denom == 0, 1.0)  # an empty cell pools to 0, not NaN
-        return (hidden * mask[..., None]).sum(1) / denom
+        return gene_mean(hidden, input_ids, gate)
 
     def embed(
         self,

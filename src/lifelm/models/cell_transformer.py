@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lifelm.models.pooling import PAD_ID, gene_mean
 from lifelm.models.presets import lookup_preset
 
 if TYPE_CHECKING:
     from lifelm.models.bert_encoder import BertEncoder
-
-PAD_ID = 0  # must match lifelm.data.cells.tokenizer.PAD (the data layer owns the ids)
 
 
 @dataclass(frozen=True)
@@ -208,13 +207,7 @@ class CellTransformer(nn.Module):
 
         With ``gate`` (B, T) the mean is weighted by it (a gate of 0 leaves the token out).
         """
-        mask = input_ids.ne(PAD_ID).to(hidden.dtype)
-        mask[:, 0] = 0
-        if gate is not None:
-            mask = mask * gate
-        denom = mask.sum(1, keepdim=True)
-        denom = denom.masked_fill(denom == 0, 1.0)  # an empty cell pools to 0, not NaN
-        return (hidden * mask[..., None]).sum(1) / denom
+        return gene_mean(hidden, input_ids, gate)
 
     def embed(
         self,
