@@ -21,6 +21,7 @@ tasks must not import evaluation, and this module already sits above it (it re-e
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -293,22 +294,12 @@ def annotate(
     (see docs/cells-annotate.md).
     """
     t_start = time.perf_counter()
-    if method not in ("auto", "model", "baseline"):
-        raise InputError(f"method must be auto, model or baseline, not {method!r}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise InputError(f"min_confidence must be within [0, 1], not {min_confidence}")
-    if not 0.0 < holdout_fraction < 1.0:
-        raise InputError(f"holdout_fraction must be within (0, 1), not {holdout_fraction}")
+    _check_annotate_settings(method, min_confidence, holdout_fraction)
     label_map = dict(label_map or {})
     if copy:
         adata = adata.to_memory() if adata.isbacked else adata.copy()
-    ref_path = ""
-    ref_adata: ad.AnnData | None
-    if isinstance(reference, str | Path):
-        ref_path = str(reference)
-        ref_adata = read(reference)
-    else:
-        ref_adata = reference
+    ref_path = str(reference) if isinstance(reference, str | Path) else ""
+    ref_adata = read(reference) if isinstance(reference, str | Path) else reference
     if isinstance(model, str | Path):
         model = load_model(model, device="cpu")
     if model is None and method == "model":
@@ -332,7 +323,143 @@ def annotate(
             "checked on held-out reference cells it may have been trained on"
         )
 
-    # -- the reference: harmonised labels, split into training and held-out cells
+    split = _split_reference(ref_adata, label_key, label_map, holdout_fraction, seed)
+    held: dict[str, Any] = {
+        "majority": {
+            "accuracy": float((split.y_ho == split.majority).mean()),
+            "label": split.majority,
+        }
+    }
+    base = _fit_baseline(split, novelty_quantile, layer, seed, held)
+    fitted = None
+    if model is not None:
+        fitted = _fit_model(
+            split,
+            as_cell_model(model, device),
+            held,
+            mode=mode,
+            out_dir=out_dir,
+            layer=layer,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            train_config=train_config,
+            seed=seed,
+            device=device,
+        )
+    model_better = "model" in held and held["model"]["accuracy"] > held[BASELINE]["accuracy"]
+    used = ("model" if model_better else "baseline") if method == "auto" else method
+
+    # -- the query
+    classes = split.classes
+    pb_raw, pcs_q = base.pca.predict_proba(adata, layer)
+    pb = apply_temperature(_reorder(pb_raw, base.pca.classes, classes), base.temperature)
+    labels_b, conf_b = call_labels(pb, classes, min_confidence=min_confidence)
+    per_method: dict[str, np.ndarray] = {"baseline": labels_b}
+    labels, conf = labels_b, conf_b
+    if fitted is not None:
+        pm = apply_temperature(
+            predict_proba(fitted.annotator, fitted.cm.tokenizer.encode(adata, layer=layer)),
+            fitted.temperature,
+        )
+        labels_m, conf_m = call_labels(pm, classes, min_confidence=min_confidence)
+        per_method["model"] = labels_m
+        if used == "model":
+            labels, conf = labels_m, conf_m
+    distance, novel = base.novelty.flag(pcs_q)
+
+    cats = [*classes, UNASSIGNED]
+    adata.obs[key_added] = pd.Categorical(labels, categories=cats)
+    adata.obs[f"{key_added}_probability"] = conf
+    adata.obs[f"{key_added}_novel"] = novel
+    adata.obs[f"{key_added}_novelty_distance"] = distance
+    adata.obs[f"{key_added}_baseline"] = pd.Categorical(labels_b, categories=cats)
+    if "model" in per_method:
+        adata.obs[f"{key_added}_model"] = pd.Categorical(per_method["model"], categories=cats)
+
+    n = adata.n_obs
+    n_unassigned = int((labels == UNASSIGNED).sum())
+    cm = fitted.cm if fitted is not None else None
+    info: dict[str, Any] = {
+        "method": used,
+        "method_requested": method,
+        "mode": fitted.mode if fitted is not None else "",
+        "classes": classes,
+        "key_added": key_added,
+        "model": str(cm.folder) if cm is not None and cm.folder else "",
+        "tokenizer_sha256": cm.tokenizer.hash() if cm is not None else "",
+        "reference": {
+            "path": ref_path or str(getattr(ref_adata, "filename", "") or ""),
+            "n_obs": int(ref_adata.n_obs),
+            "n_vars": int(ref_adata.n_vars),
+            "label_key": label_key,
+            "labelled_cells": split.n_labelled,
+        },
+        "settings": {
+            "min_confidence": float(min_confidence),
+            "novelty_quantile": float(novelty_quantile),
+            "holdout_fraction": float(holdout_fraction),
+            "seed": int(seed),
+            "epochs": float(epochs),
+            "lr": float(lr) if lr else float("nan"),
+            "batch_size": int(batch_size or 0),
+            "label_map": _pairs(label_map, "from", "to"),
+        },
+        "split": (
+            f"stratified hold-out of the {len(split.y_tr) + len(split.y_ho)} labelled reference "
+            f"cells: {len(split.y_tr)} train (model and baseline fitted), {len(split.y_ho)} held "
+            f"out (temperature, accuracy, ECE; {holdout_fraction:.0%}, seed {seed})"
+        ),
+        "holdout": held,
+        "better_method": "model" if model_better else BASELINE,
+        "n_cells": n,
+        "unassigned_cells": n_unassigned,
+        "unassigned_fraction": n_unassigned / n if n else float("nan"),
+        "novel_cells": int(novel.sum()),
+        "novel_fraction": float(novel.mean()) if n else float("nan"),
+        "novelty_threshold": base.novelty.threshold,
+        "novelty_expected_fraction": 1.0 - novelty_quantile,
+        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
+        "seconds": time.perf_counter() - t_start,
+    }
+    if query_label_key is not None:
+        info["query"] = _score_query(
+            adata, query_label_key, label_map, classes, per_method, labels, split.majority
+        )
+    adata.uns.setdefault("lifelm", {})["annotate"] = info
+    return adata if copy else None
+
+
+def _check_annotate_settings(method: str, min_confidence: float, holdout_fraction: float) -> None:
+    if method not in ("auto", "model", "baseline"):
+        raise InputError(f"method must be auto, model or baseline, not {method!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise InputError(f"min_confidence must be within [0, 1], not {min_confidence}")
+    if not 0.0 < holdout_fraction < 1.0:
+        raise InputError(f"holdout_fraction must be within (0, 1), not {holdout_fraction}")
+
+
+@dataclass(frozen=True)
+class _ReferenceSplit:
+    """Labelled reference cells, harmonised, split into training and held-out parts."""
+
+    ref_tr: ad.AnnData
+    ref_ho: ad.AnnData
+    y_tr: np.ndarray
+    y_ho: np.ndarray
+    yi_ho: np.ndarray
+    classes: list[str]
+    majority: str
+    n_labelled: int
+
+
+def _split_reference(
+    ref_adata: ad.AnnData,
+    label_key: str,
+    label_map: dict[str, str],
+    holdout_fraction: float,
+    seed: int,
+) -> _ReferenceSplit:
     if label_key not in ref_adata.obs:
         raise InputError(
             f"reference has no label column {label_key!r} (columns: "
@@ -350,151 +477,120 @@ def annotate(
             f"reference column {label_key!r} has {len(classes)} labelled class(es); need 2 or more"
         )
     tr, ho = _holdout_split(y_all, holdout_fraction, seed)
-    ref_tr, ref_ho = ref[tr].copy(), ref[ho].copy()
     y_tr, y_ho = y_all[tr], y_all[ho]
-    yi_ho = np.searchsorted(classes, y_ho)
-    majority_class = pd.Series(y_tr).value_counts().index[0]
-    held: dict[str, Any] = {
-        "majority": {"accuracy": float((y_ho == majority_class).mean()), "label": majority_class}
-    }
+    return _ReferenceSplit(
+        ref_tr=ref[tr].copy(),
+        ref_ho=ref[ho].copy(),
+        y_tr=y_tr,
+        y_ho=y_ho,
+        yi_ho=np.searchsorted(classes, y_ho),
+        classes=classes,
+        majority=str(pd.Series(y_tr).value_counts().index[0]),
+        n_labelled=int(labelled.sum()),
+    )
 
-    # -- baseline: logistic regression on PCA of log-normalised HVGs (always; it is cheap)
+
+@dataclass(frozen=True)
+class _FittedBaseline:
+    pca: PcaLogReg
+    temperature: float
+    novelty: NoveltyFlagger
+
+
+def _fit_baseline(
+    split: _ReferenceSplit,
+    novelty_quantile: float,
+    layer: str | None,
+    seed: int,
+    held: dict[str, Any],
+) -> _FittedBaseline:
+    """Logistic regression on PCA of log-normalised HVGs (always; it is cheap), calibrated on the
+    held-out cells; its PCA space also defines novelty. Records held-out scores in ``held``."""
     t0 = time.perf_counter()
-    pca = PcaLogReg.fit(ref_tr, y_tr, seed=seed, layer=layer)
-    p_ho_raw, pcs_ho = pca.predict_proba(ref_ho, layer)
-    p_ho = _reorder(p_ho_raw, pca.classes, classes)
-    held[BASELINE] = _calibration(p_ho, yi_ho, seed)
-    t_base = held[BASELINE]["temperature"]
+    pca = PcaLogReg.fit(split.ref_tr, split.y_tr, seed=seed, layer=layer)
+    p_ho_raw, pcs_ho = pca.predict_proba(split.ref_ho, layer)
+    p_ho = _reorder(p_ho_raw, pca.classes, split.classes)
+    held[BASELINE] = _calibration(p_ho, split.yi_ho, seed)
     held[BASELINE]["seconds"] = time.perf_counter() - t0
-    _, pcs_tr = pca.predict_proba(ref_tr, layer)
+    _, pcs_tr = pca.predict_proba(split.ref_tr, layer)
     novelty = NoveltyFlagger.fit(pcs_tr, pcs_ho, quantile=novelty_quantile)
+    return _FittedBaseline(pca, held[BASELINE]["temperature"], novelty)
 
-    # -- the model (when given): trained on the same training cells
-    annotator = None
-    cm: CellModel | None = None
-    if model is not None:
-        t0 = time.perf_counter()
-        cm = as_cell_model(model, device)
-        annotator = train_annotator(
-            ref_tr,
-            cm,
-            label_key=_LABEL,
-            mode=mode,
-            out_dir=out_dir,
-            layer=layer,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            train_config=train_config,
-            classes=classes,
-            seed=seed,
-            device=device,
+
+@dataclass(frozen=True)
+class _FittedModel:
+    cm: CellModel
+    annotator: CellModel | KnnAnnotator
+    temperature: float
+    mode: str
+
+
+def _fit_model(
+    split: _ReferenceSplit,
+    cm: CellModel,
+    held: dict[str, Any],
+    *,
+    mode: Mode,
+    out_dir: str | Path | None,
+    layer: str | None,
+    epochs: float,
+    lr: float | None,
+    batch_size: int | None,
+    train_config: TrainConfig | None,
+    seed: int,
+    device: str,
+) -> _FittedModel:
+    """Train the model's annotator on the same training cells as the baseline and calibrate it on
+    the held-out cells. Records held-out scores in ``held``."""
+    t0 = time.perf_counter()
+    annotator = train_annotator(
+        split.ref_tr,
+        cm,
+        label_key=_LABEL,
+        mode=mode,
+        out_dir=out_dir,
+        layer=layer,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        train_config=train_config,
+        classes=split.classes,
+        seed=seed,
+        device=device,
+    )
+    p_ho_model = predict_proba(annotator, cm.tokenizer.encode(split.ref_ho, layer=layer))
+    held["model"] = _calibration(p_ho_model, split.yi_ho, seed)
+    held["model"]["seconds"] = time.perf_counter() - t0
+    if isinstance(annotator, CellModel):
+        held["model"]["training_accuracy"] = annotator.config.get("data", {}).get(
+            "training_accuracy", float("nan")
         )
-        p_ho_model = predict_proba(annotator, cm.tokenizer.encode(ref_ho, layer=layer))
-        held["model"] = _calibration(p_ho_model, yi_ho, seed)
-        t_model = held["model"]["temperature"]
-        held["model"]["seconds"] = time.perf_counter() - t0
-        if isinstance(annotator, CellModel):
-            held["model"]["training_accuracy"] = annotator.config.get("data", {}).get(
-                "training_accuracy", float("nan")
-            )
+    used_mode = "knn" if isinstance(annotator, KnnAnnotator) else "finetune"
+    return _FittedModel(cm, annotator, held["model"]["temperature"], used_mode)
 
-    if method == "auto":
-        model_wins = "model" in held and held["model"]["accuracy"] > held[BASELINE]["accuracy"]
-        used = "model" if model_wins else "baseline"
-    else:
-        used = method
 
-    # -- the query
-    pb_raw, pcs_q = pca.predict_proba(adata, layer)
-    pb = apply_temperature(_reorder(pb_raw, pca.classes, classes), t_base)
-    labels_b, conf_b = call_labels(pb, classes, min_confidence=min_confidence)
-    per_method: dict[str, np.ndarray] = {"baseline": labels_b}
-    if annotator is not None and cm is not None:
-        pm = apply_temperature(
-            predict_proba(annotator, cm.tokenizer.encode(adata, layer=layer)), t_model
-        )
-        labels_m, conf_m = call_labels(pm, classes, min_confidence=min_confidence)
-        per_method["model"] = labels_m
-    labels, conf = (labels_m, conf_m) if used == "model" else (labels_b, conf_b)
-    distance, novel = novelty.flag(pcs_q)
-
-    cats = [*classes, UNASSIGNED]
-    adata.obs[key_added] = pd.Categorical(labels, categories=cats)
-    adata.obs[f"{key_added}_probability"] = conf
-    adata.obs[f"{key_added}_novel"] = novel
-    adata.obs[f"{key_added}_novelty_distance"] = distance
-    adata.obs[f"{key_added}_baseline"] = pd.Categorical(labels_b, categories=cats)
-    if "model" in per_method:
-        adata.obs[f"{key_added}_model"] = pd.Categorical(per_method["model"], categories=cats)
-
-    n = adata.n_obs
-    n_unassigned = int((labels == UNASSIGNED).sum())
-    info: dict[str, Any] = {
-        "method": used,
-        "method_requested": method,
-        "mode": (("knn" if isinstance(annotator, KnnAnnotator) else "finetune") if cm else ""),
-        "classes": classes,
-        "key_added": key_added,
-        "model": str(cm.folder) if cm is not None and cm.folder else "",
-        "tokenizer_sha256": cm.tokenizer.hash() if cm is not None else "",
-        "reference": {
-            "path": ref_path or str(getattr(ref_adata, "filename", "") or ""),
-            "n_obs": int(ref_adata.n_obs),
-            "n_vars": int(ref_adata.n_vars),
-            "label_key": label_key,
-            "labelled_cells": int(labelled.sum()),
-        },
-        "settings": {
-            "min_confidence": float(min_confidence),
-            "novelty_quantile": float(novelty_quantile),
-            "holdout_fraction": float(holdout_fraction),
-            "seed": int(seed),
-            "epochs": float(epochs),
-            "lr": float(lr) if lr else float("nan"),
-            "batch_size": int(batch_size or 0),
-            "label_map": _pairs(label_map, "from", "to"),
-        },
-        "split": (
-            f"stratified hold-out of the {len(y_all)} labelled reference cells: {len(tr)} train "
-            f"(model and baseline fitted), {len(ho)} held out (temperature, accuracy, ECE; "
-            f"{holdout_fraction:.0%}, seed {seed})"
-        ),
-        "holdout": held,
-        "better_method": (
-            "model"
-            if "model" in held and held["model"]["accuracy"] > held[BASELINE]["accuracy"]
-            else BASELINE
-        ),
-        "n_cells": n,
-        "unassigned_cells": n_unassigned,
-        "unassigned_fraction": n_unassigned / n if n else float("nan"),
-        "novel_cells": int(novel.sum()),
-        "novel_fraction": float(novel.mean()) if n else float("nan"),
-        "novelty_threshold": novelty.threshold,
-        "novelty_expected_fraction": 1.0 - novelty_quantile,
-        "label_counts": _pairs(pd.Series(labels).value_counts().to_dict(), "label", "cells"),
-        "seconds": time.perf_counter() - t_start,
+def _score_query(
+    adata: ad.AnnData,
+    qkey: str,
+    label_map: dict[str, str],
+    classes: list[str],
+    per_method: dict[str, np.ndarray],
+    labels: np.ndarray,
+    majority: str,
+) -> dict[str, Any]:
+    if qkey not in adata.obs:
+        raise InputError(f"query has no label column {qkey!r} (columns: {list(adata.obs.columns)})")
+    truth = adata.obs[qkey]
+    has = truth.notna().to_numpy()
+    truth_raw = truth.astype(str).to_numpy()[has]
+    preds = {name: p[has] for name, p in per_method.items()}
+    preds["majority"] = np.full(int(has.sum()), majority)
+    preds["used"] = labels[has]
+    return {
+        "label_key": qkey,
+        **_query_scores(truth_raw, label_map, classes, preds),
+        "confusion": confusion(harmonise_labels(truth_raw, label_map), labels[has].astype(str)),
     }
-    qkey = query_label_key
-    if qkey is not None:
-        if qkey not in adata.obs:
-            raise InputError(
-                f"query has no label column {qkey!r} (columns: {list(adata.obs.columns)})"
-            )
-        truth = adata.obs[qkey]
-        has = truth.notna().to_numpy()
-        truth_raw = truth.astype(str).to_numpy()[has]
-        preds = {name: p[has] for name, p in per_method.items()}
-        preds["majority"] = np.full(int(has.sum()), majority_class)
-        preds["used"] = labels[has]
-        info["query"] = {
-            "label_key": qkey,
-            **_query_scores(truth_raw, label_map, classes, preds),
-            "confusion": confusion(harmonise_labels(truth_raw, label_map), labels[has].astype(str)),
-        }
-    adata.uns.setdefault("lifelm", {})["annotate"] = info
-    return adata if copy else None
 
 
 def _annotate_with_trained(
