@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifelm.service import specs
 from lifelm.service.db import Dataset, Job, LedgerEntry, Model, Project, utcnow
-from lifelm.service.executors import Executor, ExecutorError, write_job
+from lifelm.service.executors import Executor, ExecutorError, SlurmExecutor, write_job
 
 log = logging.getLogger("lifelm.service.scheduler")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -210,6 +210,24 @@ class Scheduler:
                     job.status, job.error = "failed", f"post-processing failed: {e}"
             else:
                 job.status, job.error = "failed", log_tail(folder)
+            s.commit()
+            return
+        if state in ("cancelled", "failed"):  # ended outside the service, without a result
+            self._charge(s, job, now)
+            where = SlurmExecutor.state(job.external_id or "") if job.executor == "slurm" else None
+            job.finished = now
+            if state == "cancelled":
+                job.status = "cancelled"
+                job.error = (
+                    f"cancelled outside the service ({job.executor} job {job.external_id} is "
+                    f"{where or 'cancelled'}: scancel by someone else?)"
+                )
+            else:
+                job.status = "failed"
+                job.error = (
+                    f"{job.executor} stopped job {job.external_id} ({where or 'failed'}: a time "
+                    f"or memory limit; ask for more in resources); last log:\n{log_tail(folder)}"
+                )
             s.commit()
             return
         # lost: the worker died without a result (killed, or the server restarted meanwhile)
