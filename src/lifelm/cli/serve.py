@@ -84,6 +84,7 @@ def serve(
         cpu_slots=cpu_slots, gpu_slots=gpu_slots, max_upload_bytes=int(max_upload_gb * 1024**3),
         argv_check=check_argv, bench_data=bench_data,
     )  # fmt: skip
+    check_argv(["version"])  # build the CLI's parser now, not in the first submission
     # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
     # that moment sees "server disconnected" (seen under load with 200 clients)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=30)
