@@ -12,6 +12,7 @@ Tiny synthetic inputs made here. Three chains run side by side (two CPU slots):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 
@@ -168,6 +169,18 @@ def test_genomes_pretrain_registers_then_embed_and_score_by_name_version(lab) ->
     assert [r[0] for r in rows[1:]] == ["wuhan", "d614g"]
     assert len(rows[0]) == len(rows[1]) > 8
     assert all(math.isfinite(float(x)) for x in rows[1][1:])
+    # the table becomes a dataset of the project (for a genomes.lineages job), checked as an upload
+    r = http.post("/v1/projects/lab/datasets/emb.tsv/from-artifact",
+                  json={"job": emb, "path": "embeddings.tsv", "licence": "CC0"})  # fmt: skip
+    assert r.status_code == 201, r.text
+    kept = r.json()
+    assert (kept["kind"], kept["card"]["rows"]) == ("table", 2)
+    assert kept["sha256"] == hashlib.sha256(table.encode()).hexdigest()
+    assert kept["card"]["source"] == f"job {emb} artifact embeddings.tsv"
+    for bad in ("../job.json", "../../../../lifelm.db", "nope.tsv"):
+        r = http.post("/v1/projects/lab/datasets/x.tsv/from-artifact",
+                      json={"job": emb, "path": bad})  # fmt: skip
+        assert r.status_code == 404, bad
     _done(http, score)
     assert set(_artifacts(http, score)) == {"scores.tsv", "scores.mutations.tsv"}
     muts = http.get(f"/v1/projects/lab/jobs/{score}/artifacts/scores.mutations.tsv").text

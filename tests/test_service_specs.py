@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
@@ -229,3 +230,71 @@ def test_paths_in_values_cannot_become_options(tmp_path: Path, paths: specs.Path
     argv = spec.argv(paths, resume=False)
     assert "--start=--help" in argv
     check_argv(argv)
+
+
+def test_finish_registers_what_each_training_spec_trains(tmp_path: Path) -> None:
+    """The registration step after a successful attempt: an annotate job with save_model
+    registers its classifier (clf:1), a fine-tune names its base model, a plain annotate job
+    registers nothing, and a second call (a restart after the commit) adds nothing."""
+    import torch
+
+    from lifelm.io.checkpoint import save_checkpoint
+    from lifelm.service.db import (
+        Dataset,
+        Job,
+        Model,
+        Project,
+        User,
+        make_engine,
+        session_factory,
+        upgrade,
+    )
+    from lifelm.service.scheduler import finish
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    with session_factory(make_engine(url))() as s:
+        u, p = User(name="u"), Project(name="p", cpu_hours=1)
+        s.add_all([u, p])
+        s.flush()
+        s.add(Dataset(project_id=p.id, name="c.h5ad", kind="h5ad", sha256="ab" * 32, size=1,
+                      path="/x", card={}))  # fmt: skip
+        s.add(Dataset(project_id=p.id, name="g.fa", kind="fasta", sha256="cd" * 32, size=1,
+                      path="/y", card={}))  # fmt: skip
+        s.add(Model(project_id=p.id, name="m", version=1, path="/m", card={}))
+        cases = [
+            ({"task": "cells.annotate", "dataset": "c.h5ad", "model": "m:1", "reference": "c.h5ad",
+              "save_model": "clf", "licence": "CC0"}, "out/classifier/model", "cell_classifier"),
+            ({"task": "genomes.finetune", "dataset": "g.fa", "model": "m:1", "model_name": "ft"},
+             "out/run/model", "codon_transformer"),
+            ({"task": "cells.annotate", "dataset": "c.h5ad", "model": "m:1"}, None, None),
+        ]  # fmt: skip
+        for i, (raw, rel, kind) in enumerate(cases):
+            spec = TypeAdapter(specs.JobSpec).validate_python(raw)
+            job = Job(project_id=p.id, user_id=u.id, task=spec.task,
+                      spec=spec.model_dump(mode="json"), status="running")  # fmt: skip
+            s.add(job)
+            s.flush()
+            folder = tmp_path / f"job{i}"
+            (folder / "out").mkdir(parents=True)
+            (folder / "out" / "annotated.h5ad").write_bytes(b"x")
+            if rel:
+                side = {"model_type": kind, "model": {"vocab_size": 20}, "step": 30,
+                        "eval_loss": 1.5, "tokenizer": {"kind": "t", "sha256": "00"}}  # fmt: skip
+                save_checkpoint(folder / rel, {"w": torch.zeros(4, 5)}, side)
+            finish(s, job, folder)
+            finish(s, job, folder)  # idempotent
+            s.commit()
+        got = {(m.name, m.version): m for m in s.query(Model).all()}
+        assert set(got) == {("m", 1), ("clf", 1), ("ft", 1)}
+        clf = got[("clf", 1)].card
+        assert clf["architecture"] == "cell_classifier"
+        assert clf["task"] == "cells.annotate"
+        assert clf["parameters"] == 20
+        assert clf["training_data"] == [{"dataset": "c.h5ad", "sha256": "ab" * 32}]
+        assert clf["licence"] == "CC0"
+        assert clf["training"]["base_model"] == "m:1"
+        ft = got[("ft", 1)].card
+        assert ft["metrics"]["objective"].startswith("next-codon")
+        assert ft["metrics"]["baseline_uniform_guess_loss"] == pytest.approx(np.log(20))
+        assert got[("ft", 1)].path.endswith("job1/out/run/model")

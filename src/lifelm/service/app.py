@@ -186,6 +186,13 @@ class ArtifactOut(BaseModel):
     size: int
 
 
+class FromArtifactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job: int = Field(ge=1, le=2**31 - 1)
+    path: str = Field(min_length=1, max_length=500, description="Artifact path, as listed.")
+    licence: str = Field("unknown", max_length=64)
+
+
 class ModelOut(BaseModel):
     name: str
     version: int
@@ -577,6 +584,48 @@ def create_app(settings: Settings) -> FastAPI:
         if Path(d.path).is_dir():
             raise HTTPException(409, f"dataset {name!r} is a corpus store (a folder): no download")
         return FileResponse(d.path, filename=d.name, media_type="application/octet-stream")
+
+    @app.post("/v1/projects/{project}/datasets/{name}/from-artifact", response_model=DatasetOut,
+              status_code=201, responses=ERRORS, tags=["datasets"])  # fmt: skip
+    def dataset_from_artifact(name: str, body: FromArtifactIn, a: Acc, s: DB) -> DatasetOut:
+        """Keep a job's artifact as a dataset (validated like an upload): e.g. the table of a
+        ``genomes.embed`` job as the ``embeddings`` of a ``genomes.lineages`` job."""
+        a.need("member")
+        try:
+            kind, suffix = datasets.check_name(name)
+        except datasets.UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        if kind == "corpus":
+            raise HTTPException(422, "a corpus store is registered by its cells.corpus.build job")
+        out = _out_dir(a, s, body.job)
+        target = (out / body.path).resolve()
+        if "\x00" in body.path or not target.is_relative_to(out) or not target.is_file():
+            raise HTTPException(404, f"no artifact {body.path!r} in job {body.job}")
+        if s.scalars(
+            select(Dataset).where(Dataset.project_id == a.project.id, Dataset.name == name)
+        ).first():
+            raise HTTPException(409, f"dataset {name!r} exists in {a.project.name}")
+        tmp = data_dir / "tmp" / f"{uuid.uuid4().hex}{suffix}"
+        try:
+            shutil.copyfile(target, tmp)
+            sha = datasets.sha256_file(tmp)
+            facts = datasets.validate(tmp, kind, name)
+        except datasets.UploadError as e:
+            tmp.unlink(missing_ok=True)
+            raise HTTPException(e.status, str(e)) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        size = tmp.stat().st_size
+        path = datasets.place(tmp, data_dir / "projects" / str(a.project.id) / "datasets", sha,
+                              suffix)  # fmt: skip
+        card = {"source": f"job {body.job} artifact {body.path}", "licence": body.licence,
+                "checksum": f"sha256:{sha}", **facts}  # fmt: skip
+        d = Dataset(project_id=a.project.id, name=name, kind=kind, sha256=sha, size=size,
+                    path=str(path), card=card)  # fmt: skip
+        s.add(d)
+        s.commit()
+        return _dataset_out(d)
 
     @app.delete("/v1/projects/{project}/datasets/{name}", status_code=204, responses=ERRORS,
                 tags=["datasets"])  # fmt: skip

@@ -146,6 +146,15 @@ def _fasta_facts(path: Path) -> dict[str, Any]:
     return {"genomes": n, "bases": total}
 
 
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def place(tmp: Path, store: Path, sha256: str, suffix: str) -> Path:
     """Move a validated upload to its content address (an identical file is kept once)."""
     store.mkdir(parents=True, exist_ok=True)
