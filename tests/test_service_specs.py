@@ -35,7 +35,7 @@ EXAMPLES: dict[str, list[dict]] = {
         {"datasets": ["c.h5ad"], "model_name": "n"},
         {"datasets": ["c.h5ad", "r.h5ad"], "model_name": "n", "preset": "test", "steps": 3,
          "batch_size": 2, "lr": 0.01, "warmup": 1, "max_length": 16, "checkpoint_every": 1,
-         "layer": "counts", "processes": 2, "seed": 1},
+         "layer": "counts", "processes": 2, "seed": 1, "resources": {"cpus": 2}},
         {"datasets": ["s.corpus"], "model_name": "n"},
     ],
     "cells.evaluate": [
@@ -61,11 +61,11 @@ EXAMPLES: dict[str, list[dict]] = {
     "cells.corpus.build": [
         {"datasets": ["c.h5ad"], "store_name": "s.corpus"},
         {"datasets": ["c.h5ad", "r.h5ad"], "store_name": "s.corpus", "max_length": 32,
-         "shard_cells": 10, "jobs": 2, "min_genes": 1, "layer": "counts",
+         "shard_cells": 10, "jobs": 2, "resources": {"cpus": 2}, "min_genes": 1, "layer": "counts",
          "tokenizer_model": M, "bins_per_decade": 10},
     ],
-    "genomes.qc": [{"dataset": "g.fa"}, {"dataset": "g.fa", "jobs": 2}],
-    "genomes.mutations": [{"dataset": "g.fa"}, {"dataset": "g.fa", "jobs": 2}],
+    "genomes.qc": [{"dataset": "g.fa"}, {"dataset": "g.fa", "jobs": 2, "resources": {"cpus": 2}}],
+    "genomes.mutations": [{"dataset": "g.fa"}, {"dataset": "g.fa", "jobs": 2, "resources": {"cpus": 2}}],
     "genomes.pretrain": [
         {"datasets": ["cds.fa"], "model_name": "codon"},
         {"datasets": ["cds.fa", "g.fa"], "model_name": "codon", "preset": "test", "row_len": 64,
@@ -208,6 +208,8 @@ def test_ranges_and_presets_are_checked_by_the_spec() -> None:
         {"task": "cells.corpus.build", "datasets": ["c.h5ad"], "store_name": "s.tar"},
         {"task": "cells.evaluate", "dataset": "c.h5ad", "model": M, "test_fraction": 1.5},
         {"task": "lab.run", "screen": "s.csv", "strategies": []},
+        {"task": "genomes.qc", "dataset": "g.fa", "jobs": 4, "resources": {"cpus": 2}},
+        {"task": "cells.pretrain", "datasets": ["c.h5ad"], "model_name": "m", "processes": 2},
         {"task": "cells.targets", "dataset": "c.h5ad", "model": M, "label_key": "s",
          "start": "a\nb", "goal": "c"},
     ):  # fmt: skip

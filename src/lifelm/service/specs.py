@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DatasetName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.\-]*$")]
 ModelRef = Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.\-]*:[0-9]+$", max_length=80)]
@@ -87,6 +87,17 @@ class _Spec(BaseModel):
     registers_model: ClassVar[str | None] = None
     # how progress is measured: a training run's metrics.jsonl, or the lab loop's rounds
     progress_from: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _paid_for(self) -> _Spec:
+        """Worker processes (``jobs``, torchrun ``processes``) need the CPUs the budget pays for."""
+        for name in ("jobs", "processes"):
+            n = getattr(self, name, 1)
+            if n > max(self.resources.cpus, self.resources.gpus):
+                raise ValueError(
+                    f"{name}={n} needs resources.cpus >= {n} (the budget is charged per CPU)"
+                )
+        return self
 
     @property
     def device(self) -> str:
