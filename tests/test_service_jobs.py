@@ -235,6 +235,8 @@ def test_lab_run_rounds_artifacts_and_report(lab) -> None:
     for strategy in ("random", "greedy"):
         assert f"lab/{strategy}/state.json" in arts
         assert f"lab/{strategy}/ranking.csv" in arts
+        rounds = [a for a in arts if a.startswith(f"lab/{strategy}/rounds/")]
+        assert len([a for a in rounds if a.endswith("results.csv")]) == 2  # one per round
         state = http.get(f"/v1/projects/lab/jobs/{ids['lab']}/artifacts/lab/{strategy}/state.json")
         assert state.json()["rounds_done"] == 2
     report = http.get(f"/v1/projects/lab/jobs/{ids['lab']}/artifacts/lab/report.html").text
