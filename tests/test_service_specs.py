@@ -300,3 +300,33 @@ def test_finish_registers_what_each_training_spec_trains(tmp_path: Path) -> None
         assert ft["metrics"]["objective"].startswith("next-codon")
         assert ft["metrics"]["baseline_uniform_guess_loss"] == pytest.approx(np.log(20))
         assert got[("ft", 1)].path.endswith("job1/out/run/model")
+
+
+def test_a_job_whose_input_was_deleted_fails_instead_of_hanging(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from lifelm.service import auth
+    from lifelm.service.app import Settings, create_app
+    from lifelm.service.db import Membership, Project, User
+    from service_helpers import write_fasta
+
+    app = create_app(Settings(data_dir=tmp_path, run_scheduler=False, argv_check=check_argv))
+    with app.state.sessions() as s:
+        u, p = User(name="u"), Project(name="lab", cpu_hours=5)
+        s.add_all([u, p])
+        s.flush()
+        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
+        _, secret = auth.issue(s, u)
+        s.commit()
+    with TestClient(app) as http:
+        http.headers["Authorization"] = f"Bearer {secret}"
+        f = write_fasta(tmp_path / "g.fa")
+        assert http.put("/v1/projects/lab/datasets/g.fa", content=f.read_bytes()).status_code == 201
+        job = http.post("/v1/projects/lab/jobs", json={"spec": {"task": "genomes.qc",
+                                                                "dataset": "g.fa"}}).json()  # fmt: skip
+        assert http.delete("/v1/projects/lab/datasets/g.fa").status_code == 204
+        app.state.scheduler.step()
+        j = http.get(f"/v1/projects/lab/jobs/{job['id']}").json()
+    assert j["status"] == "failed"
+    assert "(g.fa)" in j["error"]
+    assert "deleted since submission" in j["error"]

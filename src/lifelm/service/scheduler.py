@@ -283,12 +283,22 @@ class Scheduler:
             shutil.rmtree(folder / "out", ignore_errors=True)
         # --resume only where the last attempt got as far as its manifest (else it is refused)
         resume = keep and spec.resumes == "flag" and any((folder / "out").rglob("manifest.json"))
+        try:  # an input deleted, or bench data gone, since submission: fail, do not hang
+            argv = specs.command(spec, datasets, models, resume=resume, bench_data=self.bench_data)
+        except KeyError as e:
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(status="failed", finished=utcnow(), attempt=attempt,
+                        error=f"cannot build the command ({e.args[0] if e.args else e}): an input "
+                              "was deleted since submission, or the server lacks --bench-data")
+            )  # fmt: skip
+            s.commit()
+            return
         payload = {
             "id": job.id,
             "attempt": attempt,
-            "argv": specs.command(
-                spec, datasets, models, resume=resume, bench_data=self.bench_data
-            ),
+            "argv": argv,
             "processes": getattr(spec, "processes", 1),
             "launcher": "srun" if job.executor == "slurm" else "local",
             "cpus": job.cpus,
