@@ -48,7 +48,7 @@ from lifelm.service.db import (
     utcnow,
 )
 from lifelm.service.executors import LocalExecutor, SlurmExecutor
-from lifelm.service.scheduler import TERMINAL, Scheduler, budget_left, log_tail
+from lifelm.service.scheduler import TERMINAL, Scheduler, budget_left, log_tail, parse_spec
 
 log = logging.getLogger("lifelm.service")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -630,9 +630,21 @@ def create_app(settings: Settings) -> FastAPI:
     @app.delete("/v1/projects/{project}/datasets/{name}", status_code=204, responses=ERRORS,
                 tags=["datasets"])  # fmt: skip
     def delete_dataset(name: str, a: Acc, s: DB) -> None:
-        """Remove a dataset record (the file stays while another record shares its content)."""
+        """Remove a dataset record (the file stays while another record shares its content).
+        Refused while a queued or running job reads it."""
         a.need("member")
         d = _dataset(a, s, name)
+        active = s.scalars(
+            select(Job).where(
+                Job.project_id == a.project.id,
+                Job.status.in_(("queued", "running", "cancelling")),
+            )
+        ).all()
+        for j in active:
+            if name in {n for n, _ in specs.input_datasets(parse_spec(j.spec))}:
+                raise HTTPException(
+                    409, f"dataset {name!r} is an input of job {j.id} ({j.status}); cancel it first"
+                )
         path = d.path
         s.delete(d)
         s.commit()
