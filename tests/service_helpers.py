@@ -80,3 +80,49 @@ def wait_for(fn, timeout: float = 240.0, every: float = 0.3):
             return got
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def lifelm(*args: str, **kw):
+    """Run ``python -m lifelm ARGS`` (this checkout) and return the completed process."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "lifelm", *args], env=_env(),
+                          capture_output=True, text=True, check=True, **kw)  # fmt: skip
+
+
+def serve(data: Path, port: int, log: Path, *extra: str):
+    """Start ``lifelm serve`` (uvicorn) on 127.0.0.1 in its own process group."""
+    import subprocess
+    import sys
+
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "lifelm", "serve", "--data-dir", str(data), "--port", str(port),
+             "--cpu-slots", "2", *extra],
+            env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def healthy(c) -> bool:
+    """Whether the server behind client ``c`` answers."""
+    try:
+        return c.http.get("/v1/health").status_code == 200
+    except Exception:
+        return False

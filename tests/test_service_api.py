@@ -20,6 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("alembic")
 from fastapi.testclient import TestClient
 
+from lifelm.cli.serve import check_argv
 from lifelm.service.app import Settings, create_app
 
 
@@ -30,7 +31,7 @@ def env(request, tmp_path_factory):
     url = backend_url(request.param, tmp)
     settings = Settings(
         data_dir=tmp / "data", database_url=url, max_upload_bytes=2_000_000, cpu_slots=2,
-        tick=0.2,
+        tick=0.2, argv_check=check_argv,
     )  # fmt: skip
     app = create_app(settings)
     from lifelm.service import auth
@@ -188,7 +189,7 @@ def test_upload_validates_with_lifelm_readers(env) -> None:
     assert "outside the IUPAC nucleotide alphabet" in r.json()["detail"]
     assert "bad.fa" in r.json()["detail"]
     assert "/tmp" not in r.json()["detail"].split("bad.fa")[0]
-    r = http.put("/v1/projects/lab_a/datasets/x.txt", content=b"hello", headers=H(env, "alice"))
+    r = http.put("/v1/projects/lab_a/datasets/x.docx", content=b"hello", headers=H(env, "alice"))
     assert r.status_code == 422
     # nothing half-written: no temporary file, no record of the refused ones
     assert not list((Path(env["settings"].data_dir) / "tmp").iterdir())
@@ -196,7 +197,7 @@ def test_upload_validates_with_lifelm_readers(env) -> None:
         d["name"] for d in http.get("/v1/projects/lab_a/datasets", headers=H(env, "alice")).json()
     }
     assert {"cells.h5ad", "g.fa.gz"} <= names
-    assert not names & {"log.h5ad", "bad.fa", "x.txt"}
+    assert not names & {"log.h5ad", "bad.fa", "x.docx"}
 
 
 @pytest.mark.parametrize("name", ["..", "a..b.fa", ".hidden.fa", "a b.fa", "x" * 200 + ".fa"])

@@ -14,40 +14,17 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from service_helpers import wait_for, write_cells, write_fasta
+from service_helpers import free_port, healthy, lifelm, serve, wait_for, write_cells, write_fasta
 
 pytest.importorskip("uvicorn")
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _lifelm(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-m", "lifelm", *args], env=env, capture_output=True,
-                          text=True, check=True, **kw)  # fmt: skip
-
-
-def _serve(data: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "lifelm", "serve", "--data-dir", str(data), "--port", str(port),
-             "--cpu-slots", "2"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+_port, _lifelm, _serve, _healthy = free_port, lifelm, serve, healthy
 
 
 @pytest.mark.slow
@@ -127,13 +104,6 @@ def test_kill_9_server_and_workers_mid_job_then_restart(tmp_path: Path) -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
     assert token not in log.read_text()  # the access log never shows a token
-
-
-def _healthy(c) -> bool:
-    try:
-        return c.http.get("/v1/health").status_code == 200
-    except Exception:
-        return False
 
 
 def _ledger_rows(data: Path) -> list[tuple]:

@@ -14,13 +14,16 @@ schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from lifelm.cli.serve import check_argv  # noqa: E402
 from lifelm.service import auth  # noqa: E402
 from lifelm.service.app import Settings, create_app  # noqa: E402
 from lifelm.service.db import Membership, Project, User  # noqa: E402
 from service_helpers import write_fasta  # noqa: E402
 
 _tmp = Path(__import__("tempfile").mkdtemp(prefix="lifelm-fuzz-"))
-app = create_app(Settings(data_dir=_tmp, run_scheduler=False, max_upload_bytes=100_000))
+app = create_app(
+    Settings(data_dir=_tmp, run_scheduler=False, max_upload_bytes=100_000, argv_check=check_argv)
+)
 with app.state.sessions() as _s:
     _admin, _member, _p = User(name="root", is_admin=True), User(name="m"), Project(name="lab")
     _s.add_all([_admin, _member, _p])

@@ -43,7 +43,9 @@ def served(tmp_path_factory):
     from lifelm.service.db import Membership, Project, User
 
     tmp = tmp_path_factory.mktemp("slurm")
-    app = create_app(Settings(data_dir=tmp / "data", tick=0.3, cpu_slots=2))
+    from lifelm.cli.serve import check_argv
+
+    app = create_app(Settings(data_dir=tmp / "data", tick=0.3, cpu_slots=2, argv_check=check_argv))
     with app.state.sessions() as s:
         u, p = User(name="u"), Project(name="lab", cpu_hours=50)
         s.add_all([u, p])
@@ -149,3 +151,117 @@ def test_two_process_training_runs_as_srun_torchrun(served, tmp_path: Path) -> N
     models = http.get("/v1/projects/lab/models").json()
     assert [(m["name"], m["version"]) for m in models] == [("ddp", 1)]
     assert models[0]["card"]["training"]["steps"] == 4
+
+
+def _slurm_jobs_in(folder: Path) -> list[str]:
+    """SLURM job ids (still remembered: MinJobAge) whose working folder is ``folder``."""
+    res = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    ids = []
+    for line in res.stdout.splitlines():
+        if f"WorkDir={folder} " in line or line.endswith(f"WorkDir={folder}"):
+            ids.append(line.split()[0].removeprefix("JobId="))
+    return ids
+
+
+@pytest.mark.slow
+def test_kill_9_server_while_a_slurm_job_runs_reattaches(tmp_path: Path) -> None:
+    """SIGKILL the server while its SLURM job trains; the job runs on under slurmd. After the
+    restart the server re-attaches (same SLURM job id, no second sbatch), the job finishes once,
+    registers one model, and the ledger holds one charge."""
+    import os
+    import signal
+    import sqlite3
+
+    from lifelm.client import Client
+    from service_helpers import free_port, healthy, lifelm, serve, write_cells
+
+    data, port, log = tmp_path / "srv", free_port(), tmp_path / "server.log"
+    token = lifelm("serve", "--data-dir", str(data), "admin", "create-user", "a", "--admin")
+    token = token.stdout.strip()
+    url = f"http://127.0.0.1:{port}"
+    server = serve(data, port, log, "--executor", "slurm")
+    try:
+        c = Client(url, token, timeout=30)
+        wait_for(lambda: healthy(c), timeout=120)
+        c.create_project("lab", cpu_hours=20)
+        c.upload("lab", "cells.h5ad", write_cells(tmp_path / "cells.h5ad", n_cells=60))
+        spec = {"task": "cells.pretrain", "datasets": ["cells.h5ad"], "model_name": "tiny",
+                "preset": "test", "steps": 60, "batch_size": 4, "max_length": 32,
+                "checkpoint_every": 20, "warmup": 2, "resources": {"max_hours": 0.5}}  # fmt: skip
+        job = c.submit("lab", spec)
+        folder = data / "projects/1/jobs" / str(job["id"])
+        metrics = folder / "out/run/metrics.jsonl"
+        wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0, timeout=300, every=0.2)
+        assert c.job("lab", job["id"])["status"] == "running"
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    with sqlite3.connect(data / "lifelm.db") as db:
+        (slurm_id,) = db.execute("select external_id from jobs where id=?", (job["id"],)).fetchone()
+    assert slurm_id.isdigit()
+    # the server is gone; the job is not (it belongs to slurmd, not to the server's group)
+    assert SlurmExecutor.state(slurm_id) == "RUNNING"
+    server = serve(data, port, log, "--executor", "slurm")
+    try:
+        c = Client(url, token, timeout=30)
+        wait_for(lambda: healthy(c), timeout=120)
+        done = c.wait("lab", job["id"], timeout=400)
+        logs = c.logs("lab", job["id"])
+        assert done["status"] == "succeeded", logs
+        assert done["attempt"] == 1
+        assert logs.count("--- attempt") == 1
+        assert logs.count("--- exit code 0") == 1
+        with sqlite3.connect(data / "lifelm.db") as db:
+            (after,) = db.execute(
+                "select external_id from jobs where id=?", (job["id"],)
+            ).fetchone()
+        assert after == slurm_id
+        assert _slurm_jobs_in(folder) == [slurm_id]  # one sbatch, ever
+        assert SlurmExecutor.state(slurm_id) == "COMPLETED"
+        models = c.models("lab")
+        assert [(m["name"], m["version"], m["job_id"]) for m in models] == [("tiny", 1, job["id"])]
+        assert models[0]["card"]["training"]["steps"] == 60
+        ledger = c.ledger("lab")["entries"]
+        assert [(e["job"], e["attempt"]) for e in ledger] == [(job["id"], 1)]
+        assert ledger[0]["seconds"] > 0
+        assert len(list((folder / "out/run/model").glob("model.safetensors"))) == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def test_a_slurm_job_cancelled_outside_ends_cancelled(served, tmp_path: Path) -> None:
+    """``scancel`` by someone else (not through the service): the job ends as cancelled with a
+    message saying so, is not re-queued, and is charged once."""
+    http, app = served
+    from service_helpers import write_cells
+
+    cells = write_cells(tmp_path / "c.h5ad", n_cells=60)
+    r = http.put("/v1/projects/lab/datasets/outside.h5ad", content=cells.read_bytes())
+    assert r.status_code in (201, 409)
+    spec = {"task": "cells.pretrain", "datasets": ["outside.h5ad"], "model_name": "gone",
+            "preset": "test", "steps": 400, "batch_size": 4, "max_length": 32,
+            "checkpoint_every": 50, "warmup": 2, "resources": {"max_hours": 0.5}}  # fmt: skip
+    job = http.post("/v1/projects/lab/jobs", json={"spec": spec, "executor": "slurm"}).json()
+    from lifelm.service.db import Job
+
+    def running_id():
+        with app.state.sessions() as s:
+            j = s.get(Job, job["id"])
+            return (
+                j.external_id
+                if j.external_id and SlurmExecutor.state(j.external_id) == "RUNNING"
+                else None
+            )
+
+    slurm_id = wait_for(running_id, timeout=120)
+    subprocess.run(["scancel", slurm_id], check=True, timeout=60)
+    j = wait_for(lambda: _done(http, job["id"]), timeout=120)
+    assert j["status"] == "cancelled"
+    assert "cancelled outside the service" in j["error"]
+    assert slurm_id in j["error"]
+    assert j["attempt"] == 1
+    ledger = http.get("/v1/projects/lab/ledger").json()["entries"]
+    assert [e["attempt"] for e in ledger if e["job"] == job["id"]] == [1]
+    assert not [m for m in http.get("/v1/projects/lab/models").json() if m["name"] == "gone"]

@@ -56,7 +56,7 @@ def upload(
     source: Annotated[str, typer.Option(help="Where the data comes from.")] = "",
     licence: Annotated[str, typer.Option(help="Data licence.")] = "unknown",
 ) -> None:  # fmt: skip
-    """Upload a dataset (h5ad or FASTA); prints its card."""
+    """Upload a dataset (h5ad, FASTA, TSV/CSV/TXT table, corpus-store .tar/.tar.gz); prints its card."""
     card = _client(url, token).upload(
         project, name or path.name, path, source=source, licence=licence
     )
@@ -108,3 +108,15 @@ def fetch(
     """Download a job's artifacts into --out."""
     for p in _client(url, token).fetch(project, job_id, out):
         typer.echo(str(p))
+
+
+@app.command("datasets")
+def datasets(url: URL, token: TOKEN, project: PROJECT) -> None:
+    """List the project's datasets with their cards (JSON)."""
+    typer.echo(json.dumps(_client(url, token).datasets(project), indent=1))
+
+
+@app.command("models")
+def models(url: URL, token: TOKEN, project: PROJECT) -> None:
+    """List the project's registered models with their cards (JSON)."""
+    typer.echo(json.dumps(_client(url, token).models(project), indent=1))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -60,6 +61,15 @@ def serve(
     cpu_slots: Annotated[int, typer.Option(min=1, help="CPUs the local executor hands out.")] = 2,
     gpu_slots: Annotated[int, typer.Option(min=0, help="GPUs the local executor hands out.")] = 0,
     max_upload_gb: Annotated[float, typer.Option(help="Largest accepted upload (GB).")] = 2.0,
+    bench_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data folder for bench.perturbation jobs (holds singlecell/perturbation and "
+            "singlecell/kang2018); without it such jobs are refused.",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Start the server (or run a sub-command)."""
     ctx.obj = {"data_dir": data_dir, "database_url": database_url}
@@ -72,7 +82,9 @@ def serve(
     settings = Settings(
         data_dir=data_dir, database_url=database_url, executor=executor.value,
         cpu_slots=cpu_slots, gpu_slots=gpu_slots, max_upload_bytes=int(max_upload_gb * 1024**3),
+        argv_check=check_argv, bench_data=bench_data,
     )  # fmt: skip
+    check_argv(["version"])  # build the CLI's parser now, not in the first submission
     # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
     # that moment sees "server disconnected" (seen under load with 200 clients)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_keep_alive=30)
@@ -137,3 +149,44 @@ def import_model(
         s, project, name, folder, licence=licence, intended_use=intended_use
     )
     typer.echo(f"{n}:{v}")
+
+
+def check_argv(argv: list[str]) -> None:
+    """Parse ``lifelm ARGV`` with the real CLI, as a user's shell would, without running it.
+
+    The server calls this on the command a job spec builds before it accepts the job, so a spec
+    is held to the CLI's own option rules (choices, ranges, existing input files).
+
+    Raises
+    ------
+    ValueError
+        With the CLI's own message when the CLI would refuse the command.
+    """
+    import typer
+
+    from lifelm.cli import _CLICK_ERROR
+    from lifelm.cli import app as root
+
+    cmd = _root_command(root, typer)
+    try:
+        ctx = cmd.make_context("lifelm", list(argv))
+        while True:
+            rest = [*getattr(ctx, "_protected_args", []), *getattr(ctx, "protected_args", []),
+                    *ctx.args]  # fmt: skip
+            group = ctx.command
+            if not hasattr(group, "resolve_command"):
+                if rest:
+                    raise ValueError(f"unexpected arguments: {' '.join(rest)}")
+                return
+            name, sub, args = group.resolve_command(ctx, rest)
+            if sub is None or name is None:
+                raise ValueError(f"no command {' '.join(rest[:1])!r}")
+            ctx = sub.make_context(name, args, parent=ctx)
+    except _CLICK_ERROR as e:
+        raise ValueError(getattr(e, "format_message", e.__str__)()) from None
+
+
+@functools.cache
+def _root_command(root: typer.Typer, typer_module: Any) -> Any:
+    """The click command tree of the ``lifelm`` app (built once)."""
+    return typer_module.main.get_command(root)

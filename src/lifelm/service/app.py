@@ -17,6 +17,7 @@ import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from lifelm.service.db import (
     utcnow,
 )
 from lifelm.service.executors import LocalExecutor, SlurmExecutor
-from lifelm.service.scheduler import TERMINAL, Scheduler, budget_left, log_tail
+from lifelm.service.scheduler import TERMINAL, Scheduler, budget_left, log_tail, parse_spec
 
 log = logging.getLogger("lifelm.service")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -68,6 +69,10 @@ class Settings:
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
     slurm_partition: str | None = None
+    # the CLI's parser (lifelm.cli hands it in: the service may not import the CLI); given the
+    # argv a spec builds, it raises ValueError with the CLI's message when the CLI refuses it
+    argv_check: Callable[[list[str]], None] | None = None
+    bench_data: Path | None = None  # data folder for bench.perturbation jobs
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -181,6 +186,13 @@ class ArtifactOut(BaseModel):
     size: int
 
 
+class FromArtifactIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job: int = Field(ge=1, le=2**31 - 1)
+    path: str = Field(min_length=1, max_length=500, description="Artifact path, as listed.")
+    licence: str = Field("unknown", max_length=64)
+
+
 class ModelOut(BaseModel):
     name: str
     version: int
@@ -239,7 +251,7 @@ def create_app(settings: Settings) -> FastAPI:
     executors = {"local": LocalExecutor(), "slurm": SlurmExecutor(settings.slurm_partition)}
     scheduler = Scheduler(
         sessions, data_dir, executors, cpu_slots=settings.cpu_slots,
-        gpu_slots=settings.gpu_slots, tick=settings.tick,
+        gpu_slots=settings.gpu_slots, tick=settings.tick, bench_data=settings.bench_data,
     )  # fmt: skip
     limiter = auth.FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window)
 
@@ -487,7 +499,8 @@ def create_app(settings: Settings) -> FastAPI:
         source: Annotated[str, Query(max_length=500)] = "",
         licence: Annotated[str, Query(max_length=64)] = "unknown",
     ) -> DatasetOut:
-        """Upload a dataset (raw bytes; h5ad, FASTA plain/.gz/.xz). Validated before acceptance."""
+        """Upload a dataset (raw bytes; h5ad, FASTA plain/.gz/.xz, TSV/CSV/TXT tables, corpus-store
+        .tar/.tar.gz archives). Validated by LifeLM's readers before acceptance."""
         a.need("member")
         try:
             kind, suffix = datasets.check_name(name)
@@ -499,14 +512,23 @@ def create_app(settings: Settings) -> FastAPI:
                 413, f"upload of {declared} bytes exceeds the limit of {settings.max_upload_bytes}"
             )
         tmp = data_dir / "tmp" / f"{uuid.uuid4().hex}{suffix}"
+        unpacked = tmp.with_name(tmp.name + ".d")  # a corpus archive's extraction folder
         try:
             sha, size = await datasets.receive(request.stream(), tmp, settings.max_upload_bytes)
-            facts = await run_in_threadpool(datasets.validate, tmp, kind, name)
+            if kind == "corpus":
+                facts = await run_in_threadpool(
+                    datasets.extract_corpus, tmp, unpacked, settings.max_upload_bytes * 20
+                )
+                tmp.unlink()
+            else:
+                facts = await run_in_threadpool(datasets.validate, tmp, kind, name)
         except datasets.UploadError as e:
             tmp.unlink(missing_ok=True)
-            raise HTTPException(e.status, str(e)) from None
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise HTTPException(e.status, f"{name}: {e}" if kind == "corpus" else str(e)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
+            shutil.rmtree(unpacked, ignore_errors=True)
             raise
         store = data_dir / "projects" / str(a.project.id) / "datasets"
 
@@ -516,8 +538,14 @@ def create_app(settings: Settings) -> FastAPI:
                     select(Dataset).where(Dataset.project_id == a.project.id, Dataset.name == name)
                 ).first():
                     tmp.unlink(missing_ok=True)
+                    shutil.rmtree(unpacked, ignore_errors=True)
                     raise HTTPException(409, f"dataset {name!r} exists in {a.project.name}")
-                path = datasets.place(tmp, store, sha, suffix)
+                if kind == "corpus":
+                    root = unpacked / facts.pop("root")
+                    path = datasets.place_folder(root, store, sha, link=False)
+                    shutil.rmtree(unpacked, ignore_errors=True)
+                else:
+                    path = datasets.place(tmp, store, sha, suffix)
                 card = {"source": source, "licence": licence, "checksum": f"sha256:{sha}", **facts}
                 d = Dataset(project_id=a.project.id, name=name, kind=kind, sha256=sha,
                             size=size, path=str(path), card=card)  # fmt: skip
@@ -553,19 +581,78 @@ def create_app(settings: Settings) -> FastAPI:
     def download_dataset(name: str, a: Acc, s: DB) -> FileResponse:
         """The dataset's bytes."""
         d = _dataset(a, s, name)
+        if Path(d.path).is_dir():
+            raise HTTPException(409, f"dataset {name!r} is a corpus store (a folder): no download")
         return FileResponse(d.path, filename=d.name, media_type="application/octet-stream")
+
+    @app.post("/v1/projects/{project}/datasets/{name}/from-artifact", response_model=DatasetOut,
+              status_code=201, responses=ERRORS, tags=["datasets"])  # fmt: skip
+    def dataset_from_artifact(name: str, body: FromArtifactIn, a: Acc, s: DB) -> DatasetOut:
+        """Keep a job's artifact as a dataset (validated like an upload): e.g. the table of a
+        ``genomes.embed`` job as the ``embeddings`` of a ``genomes.lineages`` job."""
+        a.need("member")
+        try:
+            kind, suffix = datasets.check_name(name)
+        except datasets.UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        if kind == "corpus":
+            raise HTTPException(422, "a corpus store is registered by its cells.corpus.build job")
+        out = _out_dir(a, s, body.job)
+        target = (out / body.path).resolve()
+        if "\x00" in body.path or not target.is_relative_to(out) or not target.is_file():
+            raise HTTPException(404, f"no artifact {body.path!r} in job {body.job}")
+        if s.scalars(
+            select(Dataset).where(Dataset.project_id == a.project.id, Dataset.name == name)
+        ).first():
+            raise HTTPException(409, f"dataset {name!r} exists in {a.project.name}")
+        tmp = data_dir / "tmp" / f"{uuid.uuid4().hex}{suffix}"
+        try:
+            shutil.copyfile(target, tmp)
+            sha = datasets.sha256_file(tmp)
+            facts = datasets.validate(tmp, kind, name)
+        except datasets.UploadError as e:
+            tmp.unlink(missing_ok=True)
+            raise HTTPException(e.status, str(e)) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        size = tmp.stat().st_size
+        path = datasets.place(tmp, data_dir / "projects" / str(a.project.id) / "datasets", sha,
+                              suffix)  # fmt: skip
+        card = {"source": f"job {body.job} artifact {body.path}", "licence": body.licence,
+                "checksum": f"sha256:{sha}", **facts}  # fmt: skip
+        d = Dataset(project_id=a.project.id, name=name, kind=kind, sha256=sha, size=size,
+                    path=str(path), card=card)  # fmt: skip
+        s.add(d)
+        s.commit()
+        return _dataset_out(d)
 
     @app.delete("/v1/projects/{project}/datasets/{name}", status_code=204, responses=ERRORS,
                 tags=["datasets"])  # fmt: skip
     def delete_dataset(name: str, a: Acc, s: DB) -> None:
-        """Remove a dataset record (the file stays while another record shares its content)."""
+        """Remove a dataset record (the file stays while another record shares its content).
+        Refused while a queued or running job reads it."""
         a.need("member")
         d = _dataset(a, s, name)
+        active = s.scalars(
+            select(Job).where(
+                Job.project_id == a.project.id,
+                Job.status.in_(("queued", "running", "cancelling")),
+            )
+        ).all()
+        for j in active:
+            if name in {n for n, _ in specs.input_datasets(parse_spec(j.spec))}:
+                raise HTTPException(
+                    409, f"dataset {name!r} is an input of job {j.id} ({j.status}); cancel it first"
+                )
         path = d.path
         s.delete(d)
         s.commit()
         if not s.scalars(select(Dataset).where(Dataset.path == path)).first():
-            Path(path).unlink(missing_ok=True)
+            if Path(path).is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                Path(path).unlink(missing_ok=True)
 
     # -- jobs -----------------------------------------------------------------------------
     @app.post("/v1/projects/{project}/jobs", response_model=JobOut, status_code=201,
@@ -574,26 +661,61 @@ def create_app(settings: Settings) -> FastAPI:
         """Submit a job: the spec is checked (inputs exist, kinds match, budget left)."""
         a.need("member")
         spec = body.spec
-        kind = specs.INPUT_KIND[spec.task]
-        for dname in specs.input_datasets(spec):
+        stored: dict[str, str] = {}
+        seen: set[str] = set()
+        for dname, kinds in specs.input_datasets(spec):
             d = s.scalars(
                 select(Dataset).where(Dataset.project_id == a.project.id, Dataset.name == dname)
             ).first()
             if d is None:
                 raise HTTPException(422, f"spec names dataset {dname!r}, not in {a.project.name}")
-            if d.kind != kind:
-                raise HTTPException(422, f"{spec.task} needs {kind} data; {dname!r} is {d.kind}")
-        ref = getattr(spec, "model", None)
-        if ref is not None:
+            if d.kind not in kinds:
+                raise HTTPException(
+                    422, f"{spec.task} needs {' or '.join(kinds)} data there; {dname!r} is {d.kind}"
+                )
+            stored[dname] = d.path
+            seen.add(d.kind)
+        if (
+            isinstance(spec, specs.CellsCorpusBuild)
+            and s.scalars(
+                select(Dataset).where(
+                    Dataset.project_id == a.project.id, Dataset.name == spec.store_name
+                )
+            ).first()
+        ):
+            raise HTTPException(422, f"dataset {spec.store_name!r} exists in {a.project.name}")
+        if isinstance(spec, specs.CellsPretrain) and "corpus" in seen and len(spec.datasets) > 1:
+            raise HTTPException(
+                422, "cells.pretrain reads one corpus store or h5ad files, not both"
+            )
+        folders: dict[str, str] = {}
+        for ref in specs.model_refs(spec):
             mname, _, ver = ref.partition(":")
-            if not s.scalars(
+            m = s.scalars(
                 select(Model).where(
                     Model.project_id == a.project.id, Model.name == mname, Model.version == int(ver)
                 )
-            ).first():
+            ).first()
+            if m is None:
                 raise HTTPException(
                     422, f"spec names model {ref!r}, not registered in {a.project.name}"
                 )
+            folders[ref] = m.path
+        try:
+            argv = specs.command(
+                spec,
+                stored,
+                folders,
+                resume=False,
+                bench_data=str(settings.bench_data) if settings.bench_data else None,
+            )
+        except KeyError as e:
+            raise HTTPException(422, str(e.args[0] if e.args else e)) from None
+        if settings.argv_check is not None:
+            try:
+                settings.argv_check(argv)
+            except ValueError as e:
+                raise HTTPException(422, f"lifelm {spec.task.replace('.', ' ')}: {e}") from None
         res = spec.resources
         if (
             res.gpus > 0

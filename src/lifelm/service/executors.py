@@ -2,7 +2,9 @@
 
 Both start the same runner (:mod:`lifelm.service.runner`) in the job folder, so a spec gives the
 same artifacts on either. :meth:`Executor.poll` answers ``running``, ``done`` (``result.json``
-written) or ``lost`` (the worker is gone without a result: killed, node lost, cancelled by SLURM).
+written), ``lost`` (the worker is gone without a result: killed, node lost; re-queued),
+``cancelled`` (SLURM says someone cancelled it outside the service) or ``failed`` (SLURM stopped
+it at a limit: time, memory).
 State is read from the process table (local) or ``scontrol show job -o`` (SLURM; ``sacct`` needs
 accounting, which a plain cluster may not run), so a restarted server re-attaches to what is
 still running.
@@ -20,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-State = Literal["running", "done", "lost"]
+State = Literal["running", "done", "lost", "cancelled", "failed"]
 SLURM_ACTIVE = {
     "PENDING",
     "RUNNING",
@@ -30,6 +32,11 @@ SLURM_ACTIVE = {
     "REQUEUED",
     "RESIZING",
 }
+# ended without the runner's result.json: cancelled by someone (scancel outside the service), or
+# stopped by a limit (time, memory: running it again would end the same way); anything else
+# (NODE_FAIL, PREEMPTED, BOOT_FAIL, forgotten by SLURM) is a lost attempt, re-queued
+SLURM_CANCELLED = {"CANCELLED"}
+SLURM_FAILED = {"TIMEOUT", "OUT_OF_MEMORY", "DEADLINE", "FAILED"}
 
 
 class ExecutorError(RuntimeError):
@@ -188,7 +195,13 @@ class SlurmExecutor(Executor):
         state = self.state(external_id)
         if state in SLURM_ACTIVE:
             return "running"
-        return "done" if (job_dir / "result.json").is_file() else "lost"
+        if (job_dir / "result.json").is_file():
+            return "done"
+        if state in SLURM_CANCELLED:
+            return "cancelled"
+        if state in SLURM_FAILED:
+            return "failed"
+        return "lost"
 
     def cancel(self, external_id: str) -> None:
         subprocess.run(["scancel", external_id], capture_output=True, timeout=60)

@@ -7,6 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+OBJECTIVES = {
+    "cell_transformer": "masked-gene prediction (nats)",
+    "codon_transformer": "next-codon prediction (nats)",
+    "cell_classifier": "cell-type cross-entropy (nats)",
+}
+
 
 def n_parameters(model_dir: Path) -> int:
     """Parameter count read from the safetensors header (no tensor is loaded)."""
@@ -23,8 +29,9 @@ def model_card(
 ) -> dict[str, Any]:
     """The card of a model trained by job ``job_id``.
 
-    Held-out masked-gene loss is shown next to its simple baseline: the uniform guess over the
-    vocabulary (``ln V`` nats), the loss of a model that learned nothing.
+    The held-out loss (masked-gene prediction for cell models, next-codon prediction for codon
+    models) is shown next to its simple baseline: the uniform guess over the vocabulary
+    (``ln V`` nats), the loss of a model that learned nothing.
     """
     config = json.loads((model_dir / "config.json").read_text())
     vocab = int(config["model"].get("vocab_size", 0))
@@ -42,7 +49,8 @@ def model_card(
         "training_data": [{"dataset": k, "sha256": v} for k, v in sorted(inputs.items())],
         "training": {"steps": config.get("step"), "preset": spec.get("preset"), "job": job_id},
         "metrics": {
-            "eval_masked_gene_loss": config.get("eval_loss"),
+            "objective": OBJECTIVES.get(str(config.get("model_type")), "training loss"),
+            "eval_loss": config.get("eval_loss"),
             "baseline_uniform_guess_loss": math.log(vocab) if vocab > 1 else None,
             "split": config.get("data", {}).get("split"),
         },

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifelm.service import specs
 from lifelm.service.db import Dataset, Job, LedgerEntry, Model, Project, utcnow
-from lifelm.service.executors import Executor, ExecutorError, write_job
+from lifelm.service.executors import Executor, ExecutorError, SlurmExecutor, write_job
 
 log = logging.getLogger("lifelm.service.scheduler")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -112,7 +112,9 @@ class Scheduler:
         gpu_slots: int = 0,
         tick: float = 0.5,
         max_attempts: int = 3,
+        bench_data: Path | None = None,
     ) -> None:
+        self.bench_data = str(bench_data) if bench_data else None
         self.sessions = sessions
         self.data_dir = Path(data_dir)
         self.executors = executors
@@ -210,6 +212,24 @@ class Scheduler:
                 job.status, job.error = "failed", log_tail(folder)
             s.commit()
             return
+        if state in ("cancelled", "failed"):  # ended outside the service, without a result
+            self._charge(s, job, now)
+            where = SlurmExecutor.state(job.external_id or "") if job.executor == "slurm" else None
+            job.finished = now
+            if state == "cancelled":
+                job.status = "cancelled"
+                job.error = (
+                    f"cancelled outside the service ({job.executor} job {job.external_id} is "
+                    f"{where or 'cancelled'}: scancel by someone else?)"
+                )
+            else:
+                job.status = "failed"
+                job.error = (
+                    f"{job.executor} stopped job {job.external_id} ({where or 'failed'}: a time "
+                    f"or memory limit; ask for more in resources); last log:\n{log_tail(folder)}"
+                )
+            s.commit()
+            return
         # lost: the worker died without a result (killed, or the server restarted meanwhile)
         self._charge(s, job, job.heartbeat or now)
         if job.attempt >= self.max_attempts:
@@ -258,18 +278,33 @@ class Scheduler:
         }
         attempt = job.attempt + 1
         folder = self.job_dir(job)
+        keep = attempt > 1 and spec.resumes != "no"
+        if attempt > 1 and not keep:  # nothing to resume: start clean
+            shutil.rmtree(folder / "out", ignore_errors=True)
+        # --resume only where the last attempt got as far as its manifest (else it is refused)
+        resume = keep and spec.resumes == "flag" and any((folder / "out").rglob("manifest.json"))
+        try:  # an input deleted, or bench data gone, since submission: fail, do not hang
+            argv = specs.command(spec, datasets, models, resume=resume, bench_data=self.bench_data)
+        except KeyError as e:
+            s.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(status="failed", finished=utcnow(), attempt=attempt,
+                        error=f"cannot build the command ({e.args[0] if e.args else e}): an input "
+                              "was deleted since submission, or the server lacks --bench-data")
+            )  # fmt: skip
+            s.commit()
+            return
         payload = {
             "id": job.id,
             "attempt": attempt,
-            "argv": specs.command(spec, datasets, models, resume=attempt > 1),
+            "argv": argv,
             "processes": getattr(spec, "processes", 1),
             "launcher": "srun" if job.executor == "slurm" else "local",
             "cpus": job.cpus,
             "gpus": job.gpus,
             "max_hours": job.max_hours,
         }
-        if attempt > 1 and job.task != "cells.pretrain":  # nothing to resume: start clean
-            shutil.rmtree(folder / "out", ignore_errors=True)
         write_job(folder, payload)
         try:
             external_id = self.executors[job.executor].start(folder, payload)
@@ -307,14 +342,26 @@ def log_tail(folder: Path, lines: int = 20) -> str:
 
 
 def progress(job: Job, folder: Path) -> float | None:
-    """Fraction done, where the task writes something to measure it by (training steps)."""
-    if job.task != "cells.pretrain":
+    """Fraction done, where the task writes something to measure it by: a training run's
+    steps (``metrics.jsonl``), or the lab loop's rounds (``<strategy>/state.json``)."""
+    spec = parse_spec(job.spec)
+    where = spec.progress_from
+    if where is None:
         return None
-    metrics = folder / "out" / "run" / "metrics.jsonl"
-    if not metrics.is_file():
+    path = folder / where
+    if isinstance(spec, specs.LabRun):
+        done = 0
+        for name in dict.fromkeys(spec.strategies):
+            try:
+                state = json.loads((path / name / "state.json").read_text())
+                done += min(spec.rounds, int(state.get("rounds_done", 0)))
+            except (OSError, ValueError, AttributeError):
+                continue
+        return min(1.0, done / (spec.rounds * len(dict.fromkeys(spec.strategies))))
+    if not path.is_file():
         return 0.0
     step = 0
-    for line in metrics.read_text().splitlines():
+    for line in path.read_text().splitlines():
         try:
             step = max(step, int(json.loads(line).get("step", 0)))
         except (ValueError, AttributeError):
@@ -323,42 +370,95 @@ def progress(job: Job, folder: Path) -> float | None:
 
 
 def finish(s: Session, job: Job, folder: Path) -> None:
-    """After a successful attempt: check the outputs exist; register a trained model."""
+    """After a successful attempt: check the outputs exist; register a trained model or a
+    built corpus store. Idempotent: a restart after the commit registers nothing twice."""
     outputs = [p for p in (folder / "out").rglob("*") if p.is_file()]
     if not outputs:
         raise FileNotFoundError(f"job {job.id} exited 0 but wrote nothing under out/")
-    if job.task != "cells.pretrain":
+    spec = parse_spec(job.spec)
+    if isinstance(spec, specs.CellsCorpusBuild):
+        _register_corpus(s, job, spec, folder)
+    reg = specs.registered_model(spec)
+    if reg is None:
         return
+    rel, name = reg
     from lifelm.service.registry import model_card
 
-    model_dir = folder / "out" / "run" / "model"
+    model_dir = folder / rel
+    if not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"job {job.id} exited 0 but wrote no model in {rel}")
     existing = s.scalars(select(Model).where(Model.job_id == job.id)).first()
     if existing is not None:  # registered already (a restart after the commit)
         return
     version = (
         s.scalar(
             select(func.max(Model.version)).where(
-                Model.project_id == job.project_id, Model.name == job.spec["model_name"]
+                Model.project_id == job.project_id, Model.name == name
             )
         )
         or 0
     ) + 1
+    used = [n for n, _ in specs.input_datasets(spec)]
     inputs = {
         d.name: d.sha256
         for d in s.scalars(
-            select(Dataset).where(
-                Dataset.project_id == job.project_id, Dataset.name.in_(job.spec["datasets"])
-            )
+            select(Dataset).where(Dataset.project_id == job.project_id, Dataset.name.in_(used))
         )
     }
-    card = model_card(model_dir, folder / "out" / "run", job.spec, inputs, job.id)
+    base = None
+    for ref in specs.model_refs(spec):  # the model it was fine-tuned from
+        mname, _, ver = ref.partition(":")
+        base = ref if s.scalars(select(Model).where(
+            Model.project_id == job.project_id, Model.name == mname, Model.version == int(ver)
+        )).first() else None  # fmt: skip
+    card = model_card(model_dir, model_dir.parent, job.spec, inputs, job.id)
+    card["task"] = job.task
+    if base is not None:
+        card["training"]["base_model"] = base
     s.add(
         Model(
             project_id=job.project_id,
-            name=job.spec["model_name"],
+            name=name,
             version=version,
             job_id=job.id,
             path=str(model_dir),
             card=card,
         )
     )
+
+
+def _register_corpus(s: Session, job: Job, spec: specs.CellsCorpusBuild, folder: Path) -> None:
+    """Register a built store as dataset ``store_name`` (hard-linked into the dataset store)."""
+    from lifelm.service import datasets
+
+    name = spec.store_name
+    existing = s.scalars(
+        select(Dataset).where(Dataset.project_id == job.project_id, Dataset.name == name)
+    ).first()
+    if existing is not None:
+        if existing.card.get("job") == job.id:  # registered already (a restart after the commit)
+            return
+        raise ValueError(f"dataset {name!r} exists in the project; the store stays in out/corpus")
+    src = folder / "out" / "corpus"
+    facts = datasets.corpus_facts(src)
+    digest = datasets.tree_digest(src)
+    store = folder.parent.parent / "datasets"
+    path = datasets.place_folder(src, store, digest, link=True)
+    used = [n for n, _ in specs.input_datasets(spec)]
+    sources = {
+        d.name: d.sha256
+        for d in s.scalars(
+            select(Dataset).where(Dataset.project_id == job.project_id, Dataset.name.in_(used))
+        )
+    }
+    card = {
+        "source": f"lifelm cells corpus build (job {job.id})",
+        "licence": "as its sources",
+        "checksum": f"sha256-tree:{digest}",
+        "job": job.id,
+        "sources": [{"dataset": k, "sha256": v} for k, v in sorted(sources.items())],
+        **facts,
+    }
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    s.add(Dataset(project_id=job.project_id, name=name, kind="corpus", sha256=digest, size=size,
+                  path=str(path), card=card))  # fmt: skip
