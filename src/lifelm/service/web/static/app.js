@@ -1,5 +1,7 @@
 // LifeLM web page: the few things that need a script (upload progress, cost estimate, live job
 // progress). Hand-written, no library. Every page works for reading without it.
+// Data attributes are read with getAttribute: on a <form>, `form.dataset` is the input named
+// "dataset" (named form controls shadow element properties).
 "use strict";
 
 function uploadForm(form) {
@@ -23,8 +25,8 @@ function uploadForm(form) {
       licence: form.querySelector("#licence").value || "unknown",
     });
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", form.dataset.url + "?" + params.toString());
-    xhr.setRequestHeader("X-CSRF-Token", form.dataset.csrf);
+    xhr.open("POST", form.getAttribute("data-url") + "?" + params.toString());
+    xhr.setRequestHeader("X-CSRF-Token", form.getAttribute("data-csrf"));
     xhr.setRequestHeader("Content-Type", "application/octet-stream");
     xhr.upload.addEventListener("progress", (e) => {
       if (e.lengthComputable) {
@@ -42,7 +44,7 @@ function uploadForm(form) {
       if (xhr.status === 201) {
         status.textContent = answer.message + ". ";
         const a = document.createElement("a");
-        a.href = form.dataset.dashboard;
+        a.href = form.getAttribute("data-dashboard");
         a.textContent = "Back to the project";
         status.appendChild(a);
       } else {
@@ -65,8 +67,8 @@ function costEstimate(form) {
   const cpus = form.querySelector('[name="resources.cpus"]');
   const gpus = form.querySelector('[name="resources.gpus"]');
   const hours = form.querySelector('[name="resources.max_hours"]');
-  const cpuLeft = parseFloat(form.dataset.cpuLeft);
-  const gpuLeft = parseFloat(form.dataset.gpuLeft);
+  const cpuLeft = parseFloat(form.getAttribute("data-cpu-left"));
+  const gpuLeft = parseFloat(form.getAttribute("data-gpu-left"));
   const update = () => {
     const h = parseFloat(hours.value || "1");
     const c = parseFloat(cpus.value || "1") * h;
