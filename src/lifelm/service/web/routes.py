@@ -238,8 +238,11 @@ async def signin(request: Request) -> Response:
                      secure=request.url.scheme == "https", max_age=3600)  # fmt: skip
         return r
     user_id = int(me.json()["id"])
+    previous = request.cookies.get(COOKIE, "")
 
     def issue() -> str:
+        if previous:  # one browser, one session: signing in again ends the old one
+            _revoke(request, previous)
         with request.app.state.sessions() as s:
             user = s.get(User, user_id)
             if user is None:
@@ -256,20 +259,20 @@ async def signin(request: Request) -> Response:
     return _headers(r)
 
 
+def _revoke(request: Request, secret: str) -> None:
+    """Revoke a browser session token (never a user's own API token)."""
+    with request.app.state.sessions() as s:
+        tok = s.scalars(select(Token).where(Token.digest == auth.digest(secret))).first()
+        if tok is not None and tok.name == "web session":
+            tok.revoked = True
+            s.commit()
+
+
 @router.post("/signout")
 async def signout(request: Request) -> Response:
     form = await _form(request)
     _check_csrf(request, (form.get("csrf") or [""])[0])
-    secret = request.cookies.get(COOKIE, "")
-
-    def revoke() -> None:
-        with request.app.state.sessions() as s:
-            tok = s.scalars(select(Token).where(Token.digest == auth.digest(secret))).first()
-            if tok is not None and tok.name == "web session":
-                tok.revoked = True
-                s.commit()
-
-    await run_in_threadpool(revoke)
+    await run_in_threadpool(_revoke, request, request.cookies.get(COOKIE, ""))
     r = RedirectResponse("/web/signin", status_code=303)
     r.delete_cookie(COOKIE, path="/web")
     return _headers(r)
