@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= test,genomes,hf,eval,soma,serve,lab
+EXTRAS ?= test,genomes,hf,eval,soma,serve,lab,web
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Real services for the service tests: a single-node SLURM cluster (munge + slurmctld + slurmd)
-# and a throwaway PostgreSQL 15 on a loopback port, all under one temporary folder.
+# and a throwaway PostgreSQL 15 on a loopback port, all under one temporary folder; and Debian's
+# Chromium for the web page's browser tests (Playwright drives it; `playwright install` is never
+# run, it cannot download a browser here).
 #
-#   source .ci/services.sh start   # exports SLURM_CONF, LIFELM_TEST_POSTGRES_URL, LIFELM_SERVICES_DIR
+#   source .ci/services.sh start   # exports SLURM_CONF, LIFELM_TEST_POSTGRES_URL, LIFELM_SERVICES_DIR,
+#                                  # LIFELM_CHROMIUM
 #   .ci/services.sh stop DIR       # stops them by PID and removes DIR
 #
 # Needs root (as CI runs). Missing Debian packages are installed with apt-get. Each service that
@@ -83,6 +86,24 @@ CONF
         else
             echo "services: PostgreSQL did not start (see $dir/pg)"
         fi
+    fi
+
+    _svc_chromium "$dir"
+}
+
+_svc_chromium() {
+    local dir=$1 bin=${LIFELM_CHROMIUM:-/usr/bin/chromium}
+    if [ ! -x "$bin" ]; then
+        (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+            || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)) \
+            >"$dir/apt-chromium.log" 2>&1 \
+            || echo "services: could not install chromium (see $dir/apt-chromium.log); browser tests skip"
+        bin=/usr/bin/chromium
+    fi
+    if [ -x "$bin" ]; then
+        export LIFELM_CHROMIUM="$bin"
+        # Debian's wrapper prints a harmless warning before the version line
+        echo "services: $("$bin" --version 2>/dev/null | tail -1) at $bin"
     fi
 }
 

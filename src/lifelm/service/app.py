@@ -914,6 +914,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def _conflict(_request: Request, exc: IntegrityError) -> JSONResponse:
         return JSONResponse({"detail": "conflict with an existing object"}, status_code=409)
 
+    from lifelm.service.web import mount as mount_web  # the web page under /web (docs/web.md)
+
+    mount_web(app)
     return app
 
 
