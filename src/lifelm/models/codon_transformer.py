@@ -241,9 +241,9 @@ class CodonTransformer(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states ``(B, T, D)``."""
-        B, T = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        T = input_ids.shape[1]
+        if position_ids is None:  # one row of positions, broadcast over the batch
+            position_ids = torch.arange(T, device=input_ids.device)[None]
         mask = None
         if doc_ids is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
