@@ -141,7 +141,8 @@ def substitution_table(
     DataFrame
         ``input_index`` (row of the substitution in the input), ``substitution``, ``position``, ``ref``, ``alt``, ``orf`` (``""`` when non-coding),
         ``codon`` (1-based in the ORF), ``codon_position`` (1-3), ``ref_codon``, ``alt_codon``,
-        ``aaSubstitution`` (``S:D614G``; synonymous ones too), ``synonymous``, ``llr``
+        ``aaSubstitution`` (``S:D614G``; synonymous ones too), ``ref_aa``, ``alt_aa``
+        (``*`` = stop), ``synonymous``, ``llr``
         (method ``full``), ``llr_left`` (method ``left``), ``reason`` (``""`` when scored).
         Rows are in input order; a substitution in two ORFs has two rows.
     """
@@ -224,6 +225,7 @@ def substitution_table(
             else:
                 ra, aa = translate_codon(rc), translate_codon(ac)
                 row["aaSubstitution"] = f"{orfs[o].name}:{ra}{k + 1}{aa}"
+                row["ref_aa"], row["alt_aa"] = ra, aa
                 row["synonymous"] = ra == aa
             rows.append(row)
     table = pd.DataFrame(rows, columns=[*_COLUMNS, "_orf", "_token"])
@@ -243,6 +245,8 @@ _COLUMNS = (
     "ref_codon",
     "alt_codon",
     "aaSubstitution",
+    "ref_aa",
+    "alt_aa",
     "synonymous",
     "llr",
     "llr_left",
@@ -258,6 +262,8 @@ def _empty() -> dict[str, object]:
         "ref_codon": "",
         "alt_codon": "",
         "aaSubstitution": "",
+        "ref_aa": "",
+        "alt_aa": "",
         "synonymous": pd.NA,
         "llr": np.nan,
         "llr_left": np.nan,
@@ -423,3 +429,170 @@ def aggregate(table: pd.DataFrame, *, method: Method = "full") -> np.ndarray:
     sums = np.bincount(idx, weights=np.nan_to_num(vals), minlength=n)
     bad = np.bincount(idx, weights=np.isnan(vals), minlength=n) > 0
     return np.where(bad, np.nan, sums)
+
+
+def all_substitutions(
+    reference: str,
+    *,
+    orfs: Sequence[OrfLike] | None = None,
+    region: tuple[int, int] | None = None,
+    coding_only: bool = True,
+) -> list[str]:
+    """Every single-nucleotide change of ``reference``: three per position, in position order.
+
+    Parameters
+    ----------
+    reference
+        The genome (positions whose base is not A/C/G/T are skipped: they have no single change).
+    orfs
+        ORFs for ``coding_only`` (``None``: SARS-CoV-2's).
+    region
+        1-based inclusive ``(start, end)`` to restrict to.
+    coding_only
+        Only positions read by an ORF (the model scores nothing else).
+
+    >>> all_substitutions("ACGTACGTA", orfs=[], coding_only=False, region=(1, 1))
+    ['A1C', 'A1G', 'A1T']
+    """
+    ref = reference.upper()
+    lo, hi = region if region is not None else (1, len(ref))
+    if not 1 <= lo <= hi <= len(ref):
+        raise InputError(f"region {lo}..{hi} is not inside the reference (1..{len(ref)})")
+    keep = np.zeros(len(ref) + 1, dtype=bool)
+    if coding_only:
+        for orf in default_orfs() if orfs is None else orfs:
+            keep[_orf_positions(orf)] = True
+    else:
+        keep[:] = True
+    out: list[str] = []
+    for p in range(lo, hi + 1):
+        b = ref[p - 1]
+        if keep[p] and b in _ACGT:
+            out.extend(f"{b}{p}{a}" for a in "ACGT" if a != b)
+    return out
+
+
+BASELINES = ("codon_matrix", "blosum62", "conservation", "mutation_prior")
+
+
+def add_baselines(
+    table: pd.DataFrame,
+    *,
+    consensus: Sequence[str] | None = None,
+    rates: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Add the simple baselines to a :func:`substitution_table` (a copy; higher = more tolerated).
+
+    ``codon_matrix``
+        Schneider et al. (2005)'s empirical codon substitution matrix (log-odds of one codon
+        replacing another in aligned vertebrate genes; Biopython's ``SCHNEIDER``).
+    ``blosum62``
+        BLOSUM62 of the amino-acid change (synonymous: the diagonal; ``*`` = stop).
+    ``conservation``
+        ``log((n_alt + 0.5) / (n + 1))``: how many of the ``consensus`` genomes (e.g. the lineage
+        consensus genomes designated before a date) carry the new base at the position, out of
+        the ``n`` with an A/C/G/T there. Absent (NaN) without ``consensus``.
+    ``mutation_prior``
+        ``log`` of the neutral rate of the nucleotide change class (``CtoT`` ...): the mean over
+        clades of the ``rate`` column of ``rates`` (Bloom & Neher's
+        ``synonymous_rates_by_clade.csv``, rows ``subset == "all"``). NaN without ``rates``.
+    """
+    from Bio.Align import substitution_matrices
+
+    out = table.copy()
+    schneider = substitution_matrices.load("SCHNEIDER")
+    blosum = substitution_matrices.load("BLOSUM62")
+    ok = out["reason"] == ""
+    out["codon_matrix"] = np.nan
+    out["blosum62"] = np.nan
+    out.loc[ok, "codon_matrix"] = [
+        float(schneider[r, a])
+        for r, a in zip(out.loc[ok, "ref_codon"], out.loc[ok, "alt_codon"], strict=True)
+    ]
+    out.loc[ok, "blosum62"] = [
+        float(blosum[r, a])
+        for r, a in zip(out.loc[ok, "ref_aa"], out.loc[ok, "alt_aa"], strict=True)
+    ]
+    out["conservation"] = np.nan
+    if consensus is not None:
+        out["conservation"] = conservation_scores(consensus, out["position"], out["alt"])
+    out["mutation_prior"] = np.nan
+    if rates is not None:
+        prior = mutation_class_prior(rates)
+        kind = out["ref"] + "to" + out["alt"]
+        out["mutation_prior"] = kind.map(prior).astype(float)
+    return out
+
+
+def conservation_scores(
+    consensus: Sequence[str], positions: pd.Series | np.ndarray, alts: pd.Series | np.ndarray
+) -> np.ndarray:
+    """``log((n_alt + 0.5) / (n + 1))`` per (position, alt base) over aligned ``consensus`` genomes."""
+    pos = np.asarray(positions, dtype=np.int64)
+    alt = np.frombuffer("".join(np.asarray(alts, dtype=str)).encode(), dtype=np.uint8)
+    if not len(consensus):
+        raise InputError("no consensus genomes to compute conservation from (check --as-of)")
+    uniq, inv = np.unique(pos, return_inverse=True)
+    cols = np.stack(
+        [np.frombuffer(g.upper().encode("latin-1"), dtype=np.uint8)[uniq - 1] for g in consensus]
+    )  # (G, P)
+    called = np.isin(cols, np.frombuffer(b"ACGT", dtype=np.uint8)).sum(0)[inv]
+    n_alt = (cols[:, inv] == alt[None, :]).sum(0)
+    return np.log((n_alt + 0.5) / (called + 1.0))
+
+
+def mutation_class_prior(rates: pd.DataFrame) -> dict[str, float]:
+    """``{"CtoT": log mean rate, ...}`` from Bloom & Neher's synonymous rates by clade."""
+    need = {"subset", "mut_type", "rate"}
+    if not need <= set(rates.columns):
+        raise InputError(f"the rates table needs columns {sorted(need)}, has {list(rates.columns)}")
+    sub = rates[rates["subset"] == "all"] if (rates["subset"] == "all").any() else rates
+    mean = sub.groupby("mut_type")["rate"].mean()
+    if (mean <= 0).any():
+        raise InputError("the rates table has a non-positive mean rate; cannot take its log")
+    return {str(k): float(np.log(v)) for k, v in mean.items()}
+
+
+SCORE_COLUMNS = ("llr", "llr_left", *BASELINES)
+
+
+def per_substitution(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per input substitution: ORF rows joined (scores summed over ORFs; a NaN in any
+    ORF makes the sum NaN), position-level baselines taken once."""
+    cols = [c for c in SCORE_COLUMNS if c in table.columns]
+    g = table.groupby("input_index", sort=True)
+    out = g[["substitution", "position", "ref", "alt"]].first()
+    out["orf"] = g["orf"].agg(lambda x: ",".join(v for v in x if v))
+    out["aaSubstitution"] = g["aaSubstitution"].agg(lambda x: ",".join(v for v in x if v))
+    out["synonymous"] = g["synonymous"].agg(
+        lambda x: bool(x.notna().all() and x.astype(bool).all())
+    )
+    for c in cols:
+        if c in ("conservation", "mutation_prior"):
+            out[c] = g[c].first()
+        else:
+            out[c] = g[c].agg(lambda x: x.sum() if x.notna().all() else np.nan)
+    out["reason"] = g["reason"].agg(lambda x: ",".join(sorted({v for v in x if v})))
+    return out.reset_index(drop=True)
+
+
+def aa_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The amino-acid view: one row per (ORF, codon, new amino acid) reachable by one nucleotide
+    change, scored by its best path (the highest ``llr`` among the substitutions that make it;
+    baselines: their highest value too). Unscorable rows are left out.
+
+    Columns: ``orf``, ``codon``, ``ref_aa``, ``alt_aa``, ``aaSubstitution``, ``synonymous``,
+    ``best_substitution``, ``n_paths``, then the score columns present in ``table``.
+    """
+    ok = table[table["reason"] == ""]
+    cols = [c for c in SCORE_COLUMNS if c in ok.columns]
+    keys = ["orf", "codon", "ref_aa", "alt_aa"]
+    g = ok.groupby(keys, sort=False)
+    best = ok.loc[g["llr"].idxmax() if ok["llr"].notna().all() else g["llr_left"].idxmax()]
+    out = best[[*keys, "aaSubstitution", "synonymous"]].copy()
+    out["best_substitution"] = best["substitution"].to_numpy()
+    out["n_paths"] = g.size().to_numpy()
+    for c in cols:
+        out[c] = g[c].max().to_numpy()
+    out["synonymous"] = out["synonymous"].astype(bool)
+    return out.sort_values(["orf", "codon", "alt_aa"], kind="stable").reset_index(drop=True)
