@@ -8,7 +8,7 @@ is one row, right-padded; causal attention means a row's outputs do not depend o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lifelm._core.errors import InputError
 from lifelm._core.runtime import get_logger, resolve_device
 from lifelm.data.genomes.align import Reference
 from lifelm.data.genomes.codons import (
@@ -79,31 +80,62 @@ def load_codon_model(
 
 
 def read_genomes(
-    path: str | Path, *, reference: str | None = None, names: Sequence[str] | None = None
+    path: str | Path | Mapping[str, str],
+    *,
+    reference: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Read genomes and bring them to reference coordinates.
 
     Sequences that are already reference-length alignments (every one 29,903 characters, ``-`` for
-    deletions, as Nextclade's ``aligned.fasta``) are used as they are; others are aligned with
+    deletions, as Nextclade's ``aligned.fasta``) are used as they are, unless one plainly does
+    not match the reference position by position (identity below :data:`MIN_IDENTITY`, a raw
+    genome of the same length); others are aligned with
     ``lifelm.data.genomes.align`` (minimap2). Returns ``(genomes, n_unaligned)`` where the second
     dict counts genomes that could not be aligned (left out, with a warning).
     """
     from lifelm.io.fasta import read_fasta
 
-    seqs = read_fasta(path)
+    if isinstance(path, Mapping):
+        seqs = {k: v.upper() for k, v in path.items()}
+        path = "the input genomes"
+    else:
+        seqs = read_fasta(path)
+    if not seqs:
+        raise InputError(f"{path}: no genome to read")
     if names is not None:
         missing = [n for n in names if n not in seqs]
         if missing:
             raise KeyError(f"{path}: {len(missing)} requested names not found, e.g. {missing[:3]}")
         seqs = {n: seqs[n] for n in names}
-    ref_len = len(reference) if reference else len(Reference.sarscov2().sequence)
+    ref_seq = reference if reference else Reference.sarscov2().sequence
+    ref_len = len(ref_seq)
+    gapped = [n for n, s in seqs.items() if "-" in s and len(s) != ref_len]
+    if gapped:
+        raise InputError(
+            f"{path}: {len(gapped)} sequence(s) contain alignment gaps '-' but are not "
+            f"{ref_len:,} characters long (e.g. {gapped[0]!r}, {len(seqs[gapped[0]]):,}): an "
+            "alignment to another reference. Pass the unaligned genomes, or an alignment to "
+            "MN908947.3 (Nextclade's aligned.fasta)."
+        )
     if all(len(s) == ref_len for s in seqs.values()):
-        return seqs, {}
+        # reference-length input is taken as aligned unless it plainly is not (a raw genome that
+        # happens to have the reference's length but is shifted by an indel)
+        low = [n for n, s in seqs.items() if "-" not in s and identity(s, ref_seq) < MIN_IDENTITY]
+        if not low:
+            return seqs, {}
+        log.warning(
+            "%s: %d reference-length sequence(s) without gaps do not match the reference "
+            "position by position (e.g. %s); aligning them",
+            path,
+            len(low),
+            low[0],
+        )
     from lifelm.data.genomes import align  # G1's minimap2 alignment
 
     out, failed = {}, {}
     for name, s in seqs.items():
-        if len(s) == ref_len and "-" in s:
+        if len(s) == ref_len and ("-" in s or identity(s, ref_seq) >= MIN_IDENTITY):
             out[name] = s
             continue
         try:
@@ -114,6 +146,59 @@ def read_genomes(
             )
             failed[name] = 1
     return out, failed
+
+
+MIN_IDENTITY = 0.90  # below: another virus, or a sequence not in reference coordinates
+MAX_UNKNOWN_CODONS = 0.05  # above: too many N/ambiguous codons for a genome-level score
+
+
+def identity(aligned: str, reference: str) -> float:
+    """Share of positions where both sequences have A/C/G/T and agree (NaN when none is called).
+
+    >>> identity("ACGTN-", "ACGAAA")
+    0.75
+    """
+    a = np.frombuffer(aligned.upper().encode("latin-1"), dtype=np.uint8)
+    b = np.frombuffer(reference.upper().encode("latin-1"), dtype=np.uint8)
+    acgt = np.frombuffer(b"ACGT", dtype=np.uint8)
+    both = np.isin(a, acgt) & np.isin(b, acgt)
+    return float((a[both] == b[both]).mean()) if both.any() else float("nan")
+
+
+def scoring_checks(
+    genomes: Mapping[str, str],
+    orfs: Sequence[OrfLike],
+    *,
+    reference: str | None = None,
+    failed: Iterable[str] = (),
+) -> list[tuple[str, str, str]]:
+    """Can each genome be scored or embedded? ``(seqName, status, reasons)`` per genome.
+
+    ``status`` is ``"ok"`` or ``"bad"``; bad genomes are those that did not align to the
+    reference (``failed``), whose identity to it is below :data:`MIN_IDENTITY` (another virus,
+    or a file in other coordinates), or with more than :data:`MAX_UNKNOWN_CODONS` of their ORF
+    codons unknown (N-rich). Their scores are NaN rather than a number that looks fine.
+    """
+    ref = reference if reference is not None else Reference.sarscov2().sequence
+    out = [(name, "bad", "not aligned to the reference (another virus?)") for name in failed]
+    for name, seq in genomes.items():
+        reasons = []
+        ident = identity(seq, ref)
+        if not ident >= MIN_IDENTITY:
+            reasons.append(
+                f"identity to the reference {ident:.1%} < {MIN_IDENTITY:.0%} "
+                "(another virus, or not in the reference's coordinates)"
+            )
+        stats = tokenize_genome(seq, orfs).stats
+        if stats.n_codons == 0 or stats.unknown_fraction > MAX_UNKNOWN_CODONS:
+            reasons.append(
+                f"{stats.unknown_fraction:.1%} of ORF codons are N/ambiguous "
+                f"(> {MAX_UNKNOWN_CODONS:.0%})"
+                if stats.n_codons
+                else "no ORF codon is covered"
+            )
+        out.append((name, "bad" if reasons else "ok", "; ".join(reasons)))
+    return out
 
 
 @dataclass(frozen=True)
