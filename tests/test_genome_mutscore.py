@@ -122,3 +122,39 @@ def test_all_substitutions_and_the_amino_acid_view() -> None:
     )
     assert aa["synonymous"].dtype == bool
     assert isinstance(aa, pd.DataFrame)
+
+
+def _cli(args: list[str]) -> int:
+    from lifelm.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_score_mutations_command(tmp_path, capsys) -> None:
+    from lifelm.io.checkpoint import save_checkpoint
+    from lifelm.tasks.genomes.codon_lm import model_sidecar
+
+    model = _model()
+    save_checkpoint(tmp_path / "m", model.state_dict(), model_sidecar(model.cfg))
+    rates = tmp_path / "rates.csv"
+    pd.DataFrame(
+        {"subset": "all", "clade": "20A", "mut_type": ["AtoG", "CtoT"], "rate": [0.3, 3.0]}
+    ).to_csv(rates, index=False)
+    out = tmp_path / "scan.tsv"
+    args = ["genomes", "score-mutations", "-m", str(tmp_path / "m"), "-o", str(out)]
+    code = _cli([*args, "--region", "21563-21571", "--context", "4", "--rates", str(rates)])
+    assert code == 0
+    nt = pd.read_csv(out, sep="\t", comment="#")
+    aa = pd.read_csv(tmp_path / "scan.aa.tsv", sep="\t", comment="#")
+    assert len(nt) == 27
+    assert nt["score"].notna().all()
+    assert {"codon_matrix", "blosum62", "conservation", "mutation_prior"} <= set(nt.columns)
+    assert set(aa["ref_aa"]) == {"M", "F", "V"}  # S:M1, F2, V3
+    assert "conservation baseline: not computed" in capsys.readouterr().out
+    # a date without the genomes it filters is a clear error, not a silent baseline
+    assert _cli([*args, "--as-of", "2021-06-01"]) == 2
+    assert "--as-of" in capsys.readouterr().err

@@ -25,6 +25,7 @@ commands: list[tuple[str, Callable[..., Any]]] = [
     ("score", models.score),
     ("perplexity", models.perplexity),
     ("generate", models.generate),
+    ("score-mutations", models.score_mutations),
 ]
 for name, fn in commands:
     app.command(name)(fn)

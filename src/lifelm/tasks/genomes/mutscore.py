@@ -596,3 +596,123 @@ def aa_table(table: pd.DataFrame) -> pd.DataFrame:
         out[c] = g[c].max().to_numpy()
     out["synonymous"] = out["synonymous"].astype(bool)
     return out.sort_values(["orf", "codon", "alt_aa"], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """What ``lifelm genomes score-mutations`` reads besides the model (paths or ``None``)."""
+
+    reference: str | None = None  # FASTA of the reference genome (default: Wuhan-Hu-1)
+    lineage: str | None = None  # name of a genome in ``consensus`` to use as the reference
+    consensus: str | None = None  # aligned lineage consensus genomes (conservation baseline)
+    consensus_dates: str | None = None  # TSV: lineage, designation_date
+    as_of: str | None = None  # YYYY-MM-DD: conservation from lineages designated before it
+    rates: str | None = None  # Bloom & Neher synonymous_rates_by_clade.csv (mutation prior)
+    substitutions: str | None = None  # file, one substitution per line (default: all)
+    region: tuple[int, int] | None = None
+    orf_names: tuple[str, ...] = ()
+    annotation: str | None = None
+
+
+def _consensus(inputs: ScanInputs) -> tuple[dict[str, str], list[str]]:
+    """The consensus genomes known at ``as_of``, and lines that say which were used."""
+    from lifelm.io.fasta import read_fasta
+
+    if inputs.consensus is None:
+        if inputs.as_of or inputs.consensus_dates or inputs.lineage:
+            raise InputError("--as-of, --consensus-dates and --lineage need --consensus FASTA")
+        return {}, ["conservation baseline: not computed (no --consensus)"]
+    genomes = read_fasta(inputs.consensus)
+    if inputs.as_of is None:
+        return genomes, [
+            f"conservation baseline: all {len(genomes)} consensus genomes (no --as-of)"
+        ]
+    if inputs.consensus_dates is None:
+        raise InputError("--as-of needs --consensus-dates (a TSV with lineage, designation_date)")
+    dates = pd.read_csv(inputs.consensus_dates, sep="\t", dtype=str, keep_default_na=False)
+    missing = {"lineage", "designation_date"} - set(dates.columns)
+    if missing:
+        raise InputError(f"{inputs.consensus_dates}: missing column(s) {sorted(missing)}")
+    try:
+        cutoff = pd.Timestamp(inputs.as_of)
+    except ValueError as err:
+        raise InputError(f"--as-of {inputs.as_of!r} is not a date (YYYY-MM-DD)") from err
+    when = pd.to_datetime(dates["designation_date"], errors="coerce")
+    known = set(dates.loc[when < cutoff, "lineage"])
+    kept = {k: v for k, v in genomes.items() if k in known}
+    lines = [
+        f"conservation baseline: {len(kept)} of {len(genomes)} consensus genomes designated "
+        f"before {inputs.as_of} ({int(when.isna().sum())} undated lineages left out)"
+    ]
+    if not kept:
+        raise InputError(f"no consensus genome was designated before {inputs.as_of}")
+    return kept, lines
+
+
+def scan_from_files(
+    model: object,
+    inputs: ScanInputs,
+    *,
+    context_codons: int = 32,
+    method: Method = "full",
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Everything ``lifelm genomes score-mutations`` computes: the nucleotide table, the
+    amino-acid table and summary lines (which reference, which baselines, how many NaN)."""
+    from lifelm.data.genomes.align import Reference
+
+    consensus, lines = _consensus(inputs)
+    if inputs.lineage is not None:
+        all_consensus = consensus
+        if inputs.as_of is not None:  # the reference lineage itself may be newer than as_of
+            from lifelm.io.fasta import read_fasta
+
+            all_consensus = read_fasta(str(inputs.consensus))
+        if inputs.lineage not in all_consensus:
+            raise InputError(f"{inputs.consensus}: no consensus genome named {inputs.lineage!r}")
+        ref = all_consensus[inputs.lineage].upper()
+        lines.insert(0, f"reference: consensus of {inputs.lineage}")
+    elif inputs.reference is not None:
+        from lifelm.tasks.genomes.codon_lm import reference_sequence
+
+        ref = reference_sequence(inputs.reference).upper()
+        lines.insert(0, f"reference: {inputs.reference}")
+    else:
+        ref = Reference.sarscov2().sequence
+        lines.insert(0, "reference: Wuhan-Hu-1 (MN908947.3)")
+    orfs = default_orfs(inputs.annotation)
+    if inputs.orf_names:
+        unknown = set(inputs.orf_names) - {o.name for o in orfs}
+        if unknown:
+            raise InputError(
+                f"--orf {sorted(unknown)}: not an ORF; ORFs: {', '.join(o.name for o in orfs)}"
+            )
+        orfs = [o for o in orfs if o.name in inputs.orf_names]
+    if inputs.substitutions is not None:
+        from lifelm.tasks.genomes.output import read_name_list
+
+        subs = read_name_list(inputs.substitutions)
+    else:
+        subs = all_substitutions(ref, orfs=orfs, region=inputs.region)
+    if not subs:
+        raise InputError("no substitution to score (check --region/--orf/--substitutions)")
+    rates = pd.read_csv(inputs.rates) if inputs.rates is not None else None
+    if rates is None:
+        lines.append("mutation-prior baseline: not computed (no --rates)")
+    table = substitution_table(
+        model, ref, subs, context_codons=context_codons, orfs=orfs, need_full=method == "full"
+    )
+    table = add_baselines(
+        table, consensus=list(consensus.values()) if consensus else None, rates=rates
+    )
+    nt = per_substitution(table)
+    nt["score"] = nt["llr" if method == "full" else "llr_left"]
+    aa = aa_table(table)
+    n_nan = int(nt["score"].isna().sum())
+    lines.append(
+        f"{len(nt)} substitutions, {len(aa)} amino-acid changes; model score = {method} "
+        f"log-likelihood ratio, {context_codons} codons of context each side"
+    )
+    if n_nan:
+        reasons = nt.loc[nt["score"].isna(), "reason"].value_counts().to_dict()
+        lines.append(f"{n_nan} substitutions not scored (NaN), by reason: {reasons}")
+    return nt, aa, lines
