@@ -41,16 +41,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lifelm._core.errors import InputError
 from lifelm.data.genomes.align import Reference
 from lifelm.data.genomes.codons import OrfLike
 from lifelm.models.codon_transformer import CodonTransformer, CodonTransformerConfig
 from lifelm.tasks.genomes import mutscore
 from lifelm.tasks.genomes.codon_lm import (
+    checked_genomes,
     default_orfs,
     load_codon_model,
-    read_genomes,
-    scoring_checks,
+    with_checks,
 )
 from lifelm.tasks.genomes.mutations import call_mutations
 from lifelm.tasks.genomes.qc import genome_qc
@@ -114,29 +113,10 @@ def reference() -> str:
     return Reference.sarscov2().sequence
 
 
-def _aligned(
-    sequences: Sequences, ref: str | None = None
-) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
-    """Sequences in reference coordinates, and the scoring checks of every input genome."""
-    if isinstance(sequences, (str, Path, Mapping)):
-        seqs, failed = read_genomes(sequences, reference=ref)
-    else:
-        seqs, failed = read_genomes(dict(sequences), reference=ref)
-    checks = scoring_checks(seqs, default_orfs(), reference=ref, failed=failed)
-    if not any(status == "ok" for _, status, _ in checks):
-        raise InputError(
-            f"none of the {len(checks)} genome(s) can be scored: {checks[0][0]}: {checks[0][2]}"
-        )
-    return seqs, checks
-
-
-def _with_checks(table: pd.DataFrame, checks: list[tuple[str, str, str]]) -> pd.DataFrame:
-    status = pd.DataFrame(checks, columns=["seqName", "qc.scoreStatus", "qc.scoreReasons"])
-    out = status.merge(table, on="seqName", how="left")
-    bad = out["qc.scoreStatus"] != "ok"
-    numeric = [c for c in table.columns if c != "seqName" and pd.api.types.is_float_dtype(table[c])]
-    out.loc[bad, numeric] = np.nan
-    return out
+def _aligned(sequences: Sequences) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """The scorable genomes in reference coordinates, and the checks of every input genome."""
+    source = sequences if isinstance(sequences, (str, Path, Mapping)) else dict(sequences)
+    return checked_genomes(source, default_orfs())
 
 
 def qc(sequences: Sequences, *, tree: str | Path | None = None, n_jobs: int = 1) -> pd.DataFrame:
@@ -168,7 +148,7 @@ def embed(
         _model(model, device), seqs, mode=mode, context=context, progress=False
     )
     cols = pd.DataFrame(emb.astype(np.float64), columns=[f"emb_{i}" for i in range(emb.shape[1])])
-    return _with_checks(pd.concat([table, cols], axis=1), checks)
+    return with_checks(pd.concat([table, cols], axis=1), checks)
 
 
 def score(
@@ -188,7 +168,7 @@ def score(
     table, _, _ = score_genomes(
         _model(model, device), seqs, mode=mode, context=context, progress=False
     )
-    return _with_checks(table, checks)
+    return with_checks(table, checks)
 
 
 def score_mutations(

@@ -72,6 +72,14 @@ ANNOTATION = Annotated[
     ),
 ]
 CONTEXT = Annotated[int, typer.Option("--context", min=2, help="Tokens per window.")]
+MODE = Annotated[
+    FinetuneMode,
+    typer.Option(
+        "--mode",
+        help="orf: each ORF its own document; genome: one document per genome (GenSLM's "
+        "whole-genome context, strided windows if it does not fit).",
+    ),
+]
 WARMUP = Annotated[int, typer.Option("--warmup", min=0, help="Linear warmup steps.")]
 CHECKPOINT_EVERY = Annotated[
     int, typer.Option("--checkpoint-every", min=0, help="Steps between resumable checkpoints.")
@@ -203,19 +211,29 @@ def embed(
         Path, typer.Option("--out", "-o", help="Output TSV (seqName + emb_0..emb_D) or .npy.")
     ],
     annotation: ANNOTATION = None,
-    context: CONTEXT = 1024,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context", min=2, help="Tokens per window (default 1024; genome mode: max_length)."
+        ),
+    ] = None,
+    mode: MODE = FinetuneMode.orf,
     device: DEVICE = Device.auto,
 ) -> None:
     """Embed genomes: mean hidden state over real codon tokens (batch-independent)."""
-    from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, read_genomes
+    from lifelm.tasks.genomes.codon_lm import checked_genomes, default_orfs, load_codon_model
     from lifelm.tasks.genomes.embed import embed_genomes
     from lifelm.tasks.genomes.output import check_table_path, write_embeddings
 
     check_table_path(out)
     m, _ = load_codon_model(model, device=device.value)
-    seqs, _ = read_genomes(genomes)
-    emb, table = embed_genomes(m, seqs, orfs=default_orfs(annotation), context=context)
+    orfs = default_orfs(annotation)
+    seqs, checks = checked_genomes(genomes, orfs)
+    emb, table = embed_genomes(m, seqs, orfs=orfs, context=context, mode=mode.value)
     written = write_embeddings(emb, table, out)
+    for name, status, reason in checks:
+        if status != "ok":
+            typer.echo(f"not embedded: {name}: {reason}", err=True)
     typer.echo(f"wrote {len(table)} genomes to {', '.join(map(str, written))}")
 
 
@@ -328,19 +346,26 @@ def score(
             "--out", "-o", help="Genome scores TSV; mutations go beside it as OUT.mutations.tsv."
         ),
     ],
-    context: CONTEXT = 1024,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context", min=2, help="Tokens per window (default 1024; genome mode: max_length)."
+        ),
+    ] = None,
+    mode: MODE = FinetuneMode.orf,
     device: DEVICE = Device.auto,
     as_json: AS_JSON = False,
 ) -> None:
     """Genome log-likelihood and, per observed codon substitution, its log-likelihood ratio vs the reference."""
-    from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
+    from lifelm.tasks.genomes.codon_lm import checked_genomes, load_codon_model, with_checks
     from lifelm.tasks.genomes.output import check_table_path, write_table
     from lifelm.tasks.genomes.score import score_genomes
 
     check_table_path(out)
     m, _ = load_codon_model(model, device=device.value)
-    seqs, _ = read_genomes(genomes)
-    genome_table, mutation_table, _ = score_genomes(m, seqs, context=context)
+    seqs, checks = checked_genomes(genomes)
+    genome_table, mutation_table, _ = score_genomes(m, seqs, context=context, mode=mode.value)
+    genome_table = with_checks(genome_table, checks)
     mutations_out = out.with_name(out.stem + ".mutations" + (".json" if as_json else ".tsv"))
     write_table(genome_table, out, as_json=as_json)
     write_table(mutation_table, mutations_out, as_json=as_json)

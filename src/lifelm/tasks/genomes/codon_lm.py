@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from lifelm._core.errors import InputError
@@ -199,6 +200,43 @@ def scoring_checks(
             )
         out.append((name, "bad" if reasons else "ok", "; ".join(reasons)))
     return out
+
+
+def checked_genomes(
+    source: str | Path | Mapping[str, str],
+    orfs: Sequence[OrfLike] | None = None,
+    *,
+    reference: str | None = None,
+) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """Read genomes (:func:`read_genomes`) and keep those that pass :func:`scoring_checks`.
+
+    Returns the scorable genomes and the checks of every input genome (for
+    :func:`with_checks`); an error when none can be scored.
+    """
+    seqs, failed = read_genomes(source, reference=reference)
+    checks = scoring_checks(
+        seqs, default_orfs() if orfs is None else orfs, reference=reference, failed=failed
+    )
+    ok = {name: seqs[name] for name, status, _ in checks if status == "ok"}
+    if not ok:
+        where = source if isinstance(source, (str, Path)) else "the input genomes"
+        raise InputError(
+            f"{where}: none of the {len(checks)} genome(s) can be scored, e.g. {checks[0][0]}: "
+            f"{checks[0][2]}"
+        )
+    bad = [c for c in checks if c[1] != "ok"]
+    if bad:
+        log.warning(
+            "%d genome(s) not scored (qc.scoreStatus bad), e.g. %s: %s", len(bad), *bad[0][::2]
+        )
+    return ok, checks
+
+
+def with_checks(table: pd.DataFrame, checks: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
+    """Put ``qc.scoreStatus``/``qc.scoreReasons`` after ``seqName``: one row per input genome,
+    in input order, numeric columns NaN for the genomes that were not scored."""
+    status = pd.DataFrame(list(checks), columns=["seqName", "qc.scoreStatus", "qc.scoreReasons"])
+    return status.merge(table, on="seqName", how="left")
 
 
 @dataclass(frozen=True)
