@@ -158,3 +158,30 @@ def test_score_mutations_command(tmp_path, capsys) -> None:
     # a date without the genomes it filters is a clear error, not a silent baseline
     assert _cli([*args, "--as-of", "2021-06-01"]) == 2
     assert "--as-of" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_scan_of_a_lineage_consensus_on_real_data() -> None:
+    from conftest import shared_file
+    from lifelm.tasks.genomes.mutscore import ScanInputs, scan_from_files
+
+    cons = shared_file("genomes/sarscov2/pango_consensus/pango_consensus_genome_nuc.fasta.xz")
+    dates = shared_file("genomes/sarscov2/pango_consensus/lineage_labels.tsv")
+    rates = shared_file("genomes/fitness/synonymous_rates_by_clade.csv")
+    inputs = ScanInputs(
+        lineage="BA.1",
+        consensus=str(cons),
+        consensus_dates=str(dates),
+        as_of="2021-06-01",
+        rates=str(rates),
+        region=(23401, 23405),
+    )
+    nt, aa, lines = scan_from_files(_model(), inputs, context_codons=4)
+    assert lines[0] == "reference: consensus of BA.1"
+    assert "designated before 2021-06-01" in lines[1]
+    row = nt.set_index("substitution").loc["G23403A"]  # BA.1 carries D614G: G is its base
+    assert row["aaSubstitution"] == "S:G614D"
+    assert np.isfinite(nt["score"]).all()
+    assert nt["conservation"].notna().all()
+    assert nt["mutation_prior"].notna().all()
+    assert "S:G614D" in set(aa["aaSubstitution"])

@@ -68,8 +68,8 @@ def test_embed_joins_to_nextclade_columns(model, genomes) -> None:
 
 
 def test_bad_inputs_are_clear_errors(model) -> None:
-    with pytest.raises(InputError, match="alignment gaps"):
-        lg.score({"x": "ACGT--ACGT" * 100}, model)  # aligned to something else
+    with pytest.raises(InputError, match="none of the 1 genome"):
+        lg.score({"x": "ACGT--ACGT" * 100}, model)  # gaps of another alignment, no SARS-CoV-2
     with pytest.raises(InputError, match="none of the 1 genome"):
         lg.score({"x": "N" * len(REF)}, model)
     with pytest.raises(InputError, match="no genome"):
@@ -127,3 +127,19 @@ def test_warn_is_imported_lazily() -> None:
         assert callable(lg.warn)
     with pytest.raises(AttributeError):
         _ = lg.not_a_function
+
+
+@pytest.mark.data
+def test_pangolin_edge_cases_are_flagged_not_scored(model) -> None:
+    from conftest import shared_file
+    from lifelm.io.fasta import read_fasta
+
+    path = shared_file("genomes/sarscov2/pangolin_test/test_seqs.fasta.xz")
+    seqs = {k: v for k, v in read_fasta(path, empty="keep").items() if v}
+    table = lg.score(seqs, model).set_index("seqName")
+    assert table.loc["b117", "qc.scoreStatus"] == "ok"
+    assert np.isfinite(table.loc["b117", "log_likelihood"])
+    bad = table[table["qc.scoreStatus"] == "bad"]
+    assert len(bad) >= 2  # the all-N and the too-short / many-N test records
+    assert bad["log_likelihood"].isna().all()
+    assert (bad["qc.scoreReasons"] != "").all()

@@ -112,13 +112,16 @@ def read_genomes(
     ref_seq = reference if reference else Reference.sarscov2().sequence
     ref_len = len(ref_seq)
     gapped = [n for n, s in seqs.items() if "-" in s and len(s) != ref_len]
-    if gapped:
-        raise InputError(
-            f"{path}: {len(gapped)} sequence(s) contain alignment gaps '-' but are not "
-            f"{ref_len:,} characters long (e.g. {gapped[0]!r}, {len(seqs[gapped[0]]):,}): an "
-            "alignment to another reference. Pass the unaligned genomes, or an alignment to "
-            "MN908947.3 (Nextclade's aligned.fasta)."
+    if gapped:  # gaps of an alignment to something else: the bases are realigned here
+        log.warning(
+            "%s: %d sequence(s) contain '-' but are not %d characters long (e.g. %s): "
+            "not an alignment to the reference; their gaps are removed and they are aligned",
+            path,
+            len(gapped),
+            ref_len,
+            gapped[0],
         )
+        seqs = {n: s.replace("-", "") if n in set(gapped) else s for n, s in seqs.items()}
     if all(len(s) == ref_len for s in seqs.values()):
         # reference-length input is taken as aligned unless it plainly is not (a raw genome that
         # happens to have the reference's length but is shifted by an indel)
