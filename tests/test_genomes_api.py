@@ -143,3 +143,25 @@ def test_pangolin_edge_cases_are_flagged_not_scored(model) -> None:
     assert len(bad) >= 2  # the all-N and the too-short / many-N test records
     assert bad["log_likelihood"].isna().all()
     assert (bad["qc.scoreReasons"] != "").all()
+
+
+def test_lineages_from_embeddings_with_the_baseline(model) -> None:
+    rng = np.random.default_rng(1)
+    genomes, clades = {}, []
+    for i in range(16):
+        seq = REF
+        clade = "A" if i % 2 else "B"
+        for pos in (22000, 23000, 24000) if clade == "A" else (26000, 27000, 28000):
+            seq = _mut(seq, pos, "T" if seq[pos - 1] != "T" else "C")
+        for pos in rng.choice(np.arange(1000, 29000), 3, replace=False):  # private changes
+            seq = _mut(seq, int(pos), "A" if seq[pos - 1] != "A" else "G")
+        genomes[f"g{i}"] = seq
+        clades.append(clade)
+    emb = lg.embed(genomes, model)
+    labels = pd.DataFrame({"seqName": list(genomes), "clade": clades})
+    table = lg.lineages(emb, labels, sequences=genomes)
+    assert list(table["seqName"]) == list(genomes)
+    assert {"clade_pred", "clade_prob", "clade_call"} <= set(table.columns)
+    held = table[table["split"] == "held_out"]
+    assert len(held) > 0
+    assert "clade" in table.attrs["summary"]["columns"]
