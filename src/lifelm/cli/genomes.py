@@ -21,11 +21,11 @@ commands: list[tuple[str, Callable[..., Any]]] = [
     ("pretrain", models.pretrain),
     ("finetune", models.finetune),
     ("embed", models.embed),
+    ("score-mutations", models.score_mutations),
     ("lineages", models.lineages),
     ("score", models.score),
     ("perplexity", models.perplexity),
     ("generate", models.generate),
-    ("score-mutations", models.score_mutations),
 ]
 for name, fn in commands:
     app.command(name)(fn)
