@@ -21,6 +21,7 @@ commands: list[tuple[str, Callable[..., Any]]] = [
     ("pretrain", models.pretrain),
     ("finetune", models.finetune),
     ("embed", models.embed),
+    ("score-mutations", models.score_mutations),
     ("lineages", models.lineages),
     ("score", models.score),
     ("perplexity", models.perplexity),

@@ -72,6 +72,14 @@ ANNOTATION = Annotated[
     ),
 ]
 CONTEXT = Annotated[int, typer.Option("--context", min=2, help="Tokens per window.")]
+MODE = Annotated[
+    FinetuneMode,
+    typer.Option(
+        "--mode",
+        help="orf: each ORF its own document; genome: one document per genome (GenSLM's "
+        "whole-genome context, strided windows if it does not fit).",
+    ),
+]
 WARMUP = Annotated[int, typer.Option("--warmup", min=0, help="Linear warmup steps.")]
 CHECKPOINT_EVERY = Annotated[
     int, typer.Option("--checkpoint-every", min=0, help="Steps between resumable checkpoints.")
@@ -203,19 +211,29 @@ def embed(
         Path, typer.Option("--out", "-o", help="Output TSV (seqName + emb_0..emb_D) or .npy.")
     ],
     annotation: ANNOTATION = None,
-    context: CONTEXT = 1024,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context", min=2, help="Tokens per window (default 1024; genome mode: max_length)."
+        ),
+    ] = None,
+    mode: MODE = FinetuneMode.orf,
     device: DEVICE = Device.auto,
 ) -> None:
     """Embed genomes: mean hidden state over real codon tokens (batch-independent)."""
-    from lifelm.tasks.genomes.codon_lm import default_orfs, load_codon_model, read_genomes
+    from lifelm.tasks.genomes.codon_lm import checked_genomes, default_orfs, load_codon_model
     from lifelm.tasks.genomes.embed import embed_genomes
     from lifelm.tasks.genomes.output import check_table_path, write_embeddings
 
     check_table_path(out)
     m, _ = load_codon_model(model, device=device.value)
-    seqs, _ = read_genomes(genomes)
-    emb, table = embed_genomes(m, seqs, orfs=default_orfs(annotation), context=context)
+    orfs = default_orfs(annotation)
+    seqs, checks = checked_genomes(genomes, orfs)
+    emb, table = embed_genomes(m, seqs, orfs=orfs, context=context, mode=mode.value)
     written = write_embeddings(emb, table, out)
+    for name, status, reason in checks:
+        if status != "ok":
+            typer.echo(f"not embedded: {name}: {reason}", err=True)
     typer.echo(f"wrote {len(table)} genomes to {', '.join(map(str, written))}")
 
 
@@ -328,19 +346,26 @@ def score(
             "--out", "-o", help="Genome scores TSV; mutations go beside it as OUT.mutations.tsv."
         ),
     ],
-    context: CONTEXT = 1024,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context", min=2, help="Tokens per window (default 1024; genome mode: max_length)."
+        ),
+    ] = None,
+    mode: MODE = FinetuneMode.orf,
     device: DEVICE = Device.auto,
     as_json: AS_JSON = False,
 ) -> None:
     """Genome log-likelihood and, per observed codon substitution, its log-likelihood ratio vs the reference."""
-    from lifelm.tasks.genomes.codon_lm import load_codon_model, read_genomes
+    from lifelm.tasks.genomes.codon_lm import checked_genomes, load_codon_model, with_checks
     from lifelm.tasks.genomes.output import check_table_path, write_table
     from lifelm.tasks.genomes.score import score_genomes
 
     check_table_path(out)
     m, _ = load_codon_model(model, device=device.value)
-    seqs, _ = read_genomes(genomes)
-    genome_table, mutation_table, _ = score_genomes(m, seqs, context=context)
+    seqs, checks = checked_genomes(genomes)
+    genome_table, mutation_table, _ = score_genomes(m, seqs, context=context, mode=mode.value)
+    genome_table = with_checks(genome_table, checks)
     mutations_out = out.with_name(out.stem + ".mutations" + (".json" if as_json else ".tsv"))
     write_table(genome_table, out, as_json=as_json)
     write_table(mutation_table, mutations_out, as_json=as_json)
@@ -405,3 +430,135 @@ def generate(
     )
     write_sequences(df, out)
     typer.echo(f"wrote {len(df)} sequences to {out}")
+
+
+class ScoreMethod(StrEnum):
+    """Which log-likelihood ratio is the model's score."""
+
+    full = "full"
+    left = "left"
+
+
+def _region(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    a, sep, b = text.partition("-")
+    if not sep or not a.isdigit() or not b.isdigit():
+        raise typer.BadParameter(f"{text!r}: give START-END (1-based, inclusive), e.g. 21563-25384")
+    return int(a), int(b)
+
+
+# Long only because typer options are its signature; the body is under 40 lines.
+def score_mutations(
+    model: MODEL,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Nucleotide table (TSV/JSON); the amino-acid view goes beside it as OUT.aa.tsv.",
+        ),
+    ],
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Reference FASTA in Wuhan-Hu-1 coordinates (default: MN908947.3).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    lineage: Annotated[
+        str | None,
+        typer.Option(
+            "--lineage", help="Use this lineage's genome in --consensus as the reference."
+        ),
+    ] = None,
+    consensus: Annotated[
+        Path | None,
+        typer.Option(
+            "--consensus",
+            help="Aligned lineage consensus genomes (e.g. pango_consensus_genome_nuc.fasta.xz): "
+            "the conservation baseline and --lineage.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    consensus_dates: Annotated[
+        Path | None,
+        typer.Option(
+            "--consensus-dates",
+            help="TSV with lineage and designation_date (e.g. lineage_labels.tsv) for --as-of.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Conservation from lineages designated before this date."),
+    ] = None,
+    rates: Annotated[
+        Path | None,
+        typer.Option(
+            "--rates",
+            help="synonymous_rates_by_clade.csv (Bloom & Neher) for the mutation-count prior.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    substitutions: Annotated[
+        Path | None,
+        typer.Option(
+            "--substitutions",
+            help="File with one substitution per line (A23403G); default: every single change.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", help="START-END positions to scan (1-based).")
+    ] = None,
+    orf: Annotated[
+        list[str], typer.Option("--orf", help="Only this ORF (repeatable), e.g. S.")
+    ] = [],  # noqa: B006 (typer reads the default)
+    annotation: ANNOTATION = None,
+    context: Annotated[
+        int, typer.Option("--context", min=1, help="Codons of context on each side.")
+    ] = 32,
+    method: Annotated[
+        ScoreMethod, typer.Option(help="full: whole-window ratio; left: the codon's own term.")
+    ] = ScoreMethod.full,
+    device: DEVICE = Device.auto,
+    as_json: AS_JSON = False,
+) -> None:
+    """Score every single-nucleotide (and amino-acid) change of a reference with the codon model, next to baselines."""
+    from lifelm.tasks.genomes.codon_lm import load_codon_model
+    from lifelm.tasks.genomes.mutscore import ScanInputs, scan_from_files
+    from lifelm.tasks.genomes.output import check_table_path, write_table
+
+    check_table_path(out)
+    inputs = ScanInputs(
+        reference=None if reference is None else str(reference),
+        lineage=lineage,
+        consensus=None if consensus is None else str(consensus),
+        consensus_dates=None if consensus_dates is None else str(consensus_dates),
+        as_of=as_of,
+        rates=None if rates is None else str(rates),
+        substitutions=None if substitutions is None else str(substitutions),
+        region=_region(region),
+        orf_names=tuple(orf),
+        annotation=None if annotation is None else str(annotation),
+    )
+    m, _ = load_codon_model(model, device=device.value)
+    nt, aa, lines = scan_from_files(
+        m,
+        inputs,
+        context_codons=context,
+        method=one_of(method.value, ("full", "left"), what="--method"),
+    )
+    aa_out = out.with_name(out.stem + ".aa" + (".json" if as_json else ".tsv"))
+    write_table(nt, out, as_json=as_json, comments=lines)
+    write_table(aa, aa_out, as_json=as_json, comments=lines, finite=["llr_left"])
+    for line in lines:
+        typer.echo(line)
+    typer.echo(f"wrote {len(nt)} substitutions to {out}, {len(aa)} amino-acid changes to {aa_out}")

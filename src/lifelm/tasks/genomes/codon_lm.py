@@ -8,14 +8,16 @@ is one row, right-padded; causal attention means a row's outputs do not depend o
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from lifelm._core.errors import InputError
 from lifelm._core.runtime import get_logger, resolve_device
 from lifelm.data.genomes.align import Reference
 from lifelm.data.genomes.codons import (
@@ -79,31 +81,65 @@ def load_codon_model(
 
 
 def read_genomes(
-    path: str | Path, *, reference: str | None = None, names: Sequence[str] | None = None
+    path: str | Path | Mapping[str, str],
+    *,
+    reference: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Read genomes and bring them to reference coordinates.
 
     Sequences that are already reference-length alignments (every one 29,903 characters, ``-`` for
-    deletions, as Nextclade's ``aligned.fasta``) are used as they are; others are aligned with
+    deletions, as Nextclade's ``aligned.fasta``) are used as they are, unless one plainly does
+    not match the reference position by position (identity below :data:`MIN_IDENTITY`, a raw
+    genome of the same length); others are aligned with
     ``lifelm.data.genomes.align`` (minimap2). Returns ``(genomes, n_unaligned)`` where the second
     dict counts genomes that could not be aligned (left out, with a warning).
     """
     from lifelm.io.fasta import read_fasta
 
-    seqs = read_fasta(path)
+    if isinstance(path, Mapping):
+        seqs = {k: v.upper() for k, v in path.items()}
+        path = "the input genomes"
+    else:
+        seqs = read_fasta(path)
+    if not seqs:
+        raise InputError(f"{path}: no genome to read")
     if names is not None:
         missing = [n for n in names if n not in seqs]
         if missing:
             raise KeyError(f"{path}: {len(missing)} requested names not found, e.g. {missing[:3]}")
         seqs = {n: seqs[n] for n in names}
-    ref_len = len(reference) if reference else len(Reference.sarscov2().sequence)
+    ref_seq = reference if reference else Reference.sarscov2().sequence
+    ref_len = len(ref_seq)
+    gapped = [n for n, s in seqs.items() if "-" in s and len(s) != ref_len]
+    if gapped:  # gaps of an alignment to something else: the bases are realigned here
+        log.warning(
+            "%s: %d sequence(s) contain '-' but are not %d characters long (e.g. %s): "
+            "not an alignment to the reference; their gaps are removed and they are aligned",
+            path,
+            len(gapped),
+            ref_len,
+            gapped[0],
+        )
+        seqs = {n: s.replace("-", "") if n in set(gapped) else s for n, s in seqs.items()}
     if all(len(s) == ref_len for s in seqs.values()):
-        return seqs, {}
+        # reference-length input is taken as aligned unless it plainly is not (a raw genome that
+        # happens to have the reference's length but is shifted by an indel)
+        low = [n for n, s in seqs.items() if "-" not in s and identity(s, ref_seq) < MIN_IDENTITY]
+        if not low:
+            return seqs, {}
+        log.warning(
+            "%s: %d reference-length sequence(s) without gaps do not match the reference "
+            "position by position (e.g. %s); aligning them",
+            path,
+            len(low),
+            low[0],
+        )
     from lifelm.data.genomes import align  # G1's minimap2 alignment
 
     out, failed = {}, {}
     for name, s in seqs.items():
-        if len(s) == ref_len and "-" in s:
+        if len(s) == ref_len and ("-" in s or identity(s, ref_seq) >= MIN_IDENTITY):
             out[name] = s
             continue
         try:
@@ -114,6 +150,96 @@ def read_genomes(
             )
             failed[name] = 1
     return out, failed
+
+
+MIN_IDENTITY = 0.90  # below: another virus, or a sequence not in reference coordinates
+MAX_UNKNOWN_CODONS = 0.05  # above: too many N/ambiguous codons for a genome-level score
+
+
+def identity(aligned: str, reference: str) -> float:
+    """Share of positions where both sequences have A/C/G/T and agree (NaN when none is called).
+
+    >>> identity("ACGTN-", "ACGAAA")
+    0.75
+    """
+    a = np.frombuffer(aligned.upper().encode("latin-1"), dtype=np.uint8)
+    b = np.frombuffer(reference.upper().encode("latin-1"), dtype=np.uint8)
+    acgt = np.frombuffer(b"ACGT", dtype=np.uint8)
+    both = np.isin(a, acgt) & np.isin(b, acgt)
+    return float((a[both] == b[both]).mean()) if both.any() else float("nan")
+
+
+def scoring_checks(
+    genomes: Mapping[str, str],
+    orfs: Sequence[OrfLike],
+    *,
+    reference: str | None = None,
+    failed: Iterable[str] = (),
+) -> list[tuple[str, str, str]]:
+    """Can each genome be scored or embedded? ``(seqName, status, reasons)`` per genome.
+
+    ``status`` is ``"ok"`` or ``"bad"``; bad genomes are those that did not align to the
+    reference (``failed``), whose identity to it is below :data:`MIN_IDENTITY` (another virus,
+    or a file in other coordinates), or with more than :data:`MAX_UNKNOWN_CODONS` of their ORF
+    codons unknown (N-rich). Their scores are NaN rather than a number that looks fine.
+    """
+    ref = reference if reference is not None else Reference.sarscov2().sequence
+    out = [(name, "bad", "not aligned to the reference (another virus?)") for name in failed]
+    for name, seq in genomes.items():
+        reasons = []
+        ident = identity(seq, ref)
+        if not ident >= MIN_IDENTITY:
+            reasons.append(
+                f"identity to the reference {ident:.1%} < {MIN_IDENTITY:.0%} "
+                "(another virus, or not in the reference's coordinates)"
+            )
+        stats = tokenize_genome(seq, orfs).stats
+        if stats.n_codons == 0 or stats.unknown_fraction > MAX_UNKNOWN_CODONS:
+            reasons.append(
+                f"{stats.unknown_fraction:.1%} of ORF codons are N/ambiguous "
+                f"(> {MAX_UNKNOWN_CODONS:.0%})"
+                if stats.n_codons
+                else "no ORF codon is covered"
+            )
+        out.append((name, "bad" if reasons else "ok", "; ".join(reasons)))
+    return out
+
+
+def checked_genomes(
+    source: str | Path | Mapping[str, str],
+    orfs: Sequence[OrfLike] | None = None,
+    *,
+    reference: str | None = None,
+) -> tuple[dict[str, str], list[tuple[str, str, str]]]:
+    """Read genomes (:func:`read_genomes`) and keep those that pass :func:`scoring_checks`.
+
+    Returns the scorable genomes and the checks of every input genome (for
+    :func:`with_checks`); an error when none can be scored.
+    """
+    seqs, failed = read_genomes(source, reference=reference)
+    checks = scoring_checks(
+        seqs, default_orfs() if orfs is None else orfs, reference=reference, failed=failed
+    )
+    ok = {name: seqs[name] for name, status, _ in checks if status == "ok"}
+    if not ok:
+        where = source if isinstance(source, (str, Path)) else "the input genomes"
+        raise InputError(
+            f"{where}: none of the {len(checks)} genome(s) can be scored, e.g. {checks[0][0]}: "
+            f"{checks[0][2]}"
+        )
+    bad = [c for c in checks if c[1] != "ok"]
+    if bad:
+        log.warning(
+            "%d genome(s) not scored (qc.scoreStatus bad), e.g. %s: %s", len(bad), *bad[0][::2]
+        )
+    return ok, checks
+
+
+def with_checks(table: pd.DataFrame, checks: Sequence[tuple[str, str, str]]) -> pd.DataFrame:
+    """Put ``qc.scoreStatus``/``qc.scoreReasons`` after ``seqName``: one row per input genome,
+    in input order, numeric columns NaN for the genomes that were not scored."""
+    status = pd.DataFrame(list(checks), columns=["seqName", "qc.scoreStatus", "qc.scoreReasons"])
+    return status.merge(table, on="seqName", how="left")
 
 
 @dataclass(frozen=True)
@@ -200,3 +326,77 @@ def reference_sequence(path: str | Path | None = None) -> str:
     if len(seqs) != 1:
         raise ValueError(f"{path}: a reference FASTA holds one sequence, found {len(seqs)}")
     return next(iter(seqs.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-genome mode: one document per genome, strided windows when it does not fit
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenomeDocument:
+    """A genome as one document: ``[CLS]`` + ORF 1 codons + ``[SEP]`` + ORF 2 codons + ...
+
+    ``orf_offsets[o]`` is the index of the token that stands where ORF ``o``'s own ``[CLS]``
+    would (``[CLS]`` for the first ORF, ``[SEP]`` for the others), so ORF ``o``'s token ``t >= 1``
+    is document token ``orf_offsets[o] + t``.
+    """
+
+    ids: np.ndarray
+    orf_offsets: tuple[int, ...]
+
+
+def genome_document(tokens: GenomeTokens) -> GenomeDocument:
+    """Join a genome's ORF documents into one (GenSLM's whole-genome context)."""
+    from lifelm.data.genomes.codons import SEP_ID
+
+    pieces, offsets, at = [], [], 0
+    for o, doc in enumerate(tokens.docs):
+        head = CLS_ID if o == 0 else SEP_ID
+        pieces.append(np.concatenate([[head], doc[1:]]))
+        offsets.append(at)
+        at += len(doc)
+    return GenomeDocument(np.concatenate(pieces).astype(np.int64), tuple(offsets))
+
+
+def strided_windows(n: int, context: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Cover ``n`` tokens with windows of ``context`` tokens that overlap by ``overlap``.
+
+    Returns ``(start, end, own_from)`` per window: the window reads tokens ``start:end`` and
+    *owns* tokens ``own_from:end`` (their outputs are taken from it). Every token is owned by
+    exactly one window, and every owned token after the first window has at least ``overlap``
+    tokens of left context inside its window. ``n <= context``: one window, the whole document.
+
+    >>> strided_windows(10, 4, 2)
+    [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    """
+    if not 0 <= overlap < context:
+        raise ValueError(f"overlap must be in [0, context), got {overlap} for context {context}")
+    out = [(0, min(n, context), 0)]
+    stride = context - overlap
+    start = stride
+    while out[-1][1] < n:
+        out.append((start, min(n, start + context), start + overlap))
+        start += stride
+    return out
+
+
+def genome_windows(
+    docs: Sequence[GenomeDocument], context: int, overlap: int
+) -> list[tuple[int, int, int, int]]:
+    """``(genome, start, end, own_from)`` strided windows of every whole-genome document."""
+    return [
+        (g, a, b, own)
+        for g, d in enumerate(docs)
+        for a, b, own in strided_windows(len(d.ids), context, overlap)
+    ]
+
+
+def row_batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Indices of rows grouped longest first into batches of about ``batch_tokens`` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    at = 0
+    while at < len(order):
+        n = max(1, batch_tokens // max(1, lengths[order[at]]))
+        yield order[at : at + n]
+        at += n
