@@ -26,7 +26,7 @@ The model takes and returns tensors only; tokenization lives in ``lifelm.data.ge
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -177,6 +177,32 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
+    def step(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of new tokens ``x`` (B, T, D) over the cached keys/values and themselves.
+
+        ``cos``/``sin`` are the rotary tables of the new tokens' absolute positions. Returns the
+        output and the cache extended by the new keys and values (B, H, past + T, hd).
+        """
+        B, T, D = x.shape
+        H, hd = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        n_past = k.shape[2] - T
+        if T == 1:  # one new token sees everything before it
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # new token i sees the cache and new tokens 0..i
+            allowed = torch.ones(T, n_past + T, dtype=torch.bool, device=x.device).tril(n_past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v)
+
 
 class FeedForward(nn.Module):
     """GELU MLP (GPT-NeoX)."""
@@ -208,6 +234,23 @@ class Block(nn.Module):
             return x + a + self.drop(self.mlp(self.norm2(x)))
         x = x + a
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`forward` for new tokens with a key/value cache (inference only)."""
+        a, cache = self.attn.step(self.norm1(x), cos, sin, past)
+        if self.parallel:
+            return x + a + self.mlp(self.norm2(x)), cache
+        x = x + a
+        return x + self.mlp(self.norm2(x)), cache
+
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class CodonTransformer(nn.Module):
@@ -241,9 +284,9 @@ class CodonTransformer(nn.Module):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states ``(B, T, D)``."""
-        B, T = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+        T = input_ids.shape[1]
+        if position_ids is None:  # one row of positions, broadcast over the batch
+            position_ids = torch.arange(T, device=input_ids.device)[None]
         mask = None
         if doc_ids is not None:
             causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
@@ -283,6 +326,28 @@ class CodonTransformer(nn.Module):
         and the mask ``(B, T-1)`` of real next-token targets."""
         logits = self.head(self.hidden_states(input_ids, doc_ids, position_ids)).float()
         return logits.log_softmax(-1), target_mask(input_ids, doc_ids)
+
+    @torch.no_grad()
+    def decode(
+        self, input_ids: torch.Tensor, past: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Logits ``(B, T, V)`` of new tokens that continue the rows held in ``past``.
+
+        Incremental decoding with a key/value cache: ``past`` is what the previous call returned
+        (``None`` at the start); the new tokens get positions after the cached ones. The logits
+        equal those of :meth:`forward` on the whole row (up to float rounding), at the cost of
+        the new tokens only. Rows are one document each, no padding.
+        """
+        T = input_ids.shape[1]
+        start = 0 if past is None else past[0][0].shape[2]
+        positions = torch.arange(start, start + T, device=input_ids.device)[None]
+        x = self.embed(input_ids)
+        cos, sin = rotary_cos_sin(positions, self.cfg.rotary_dims, self.cfg.rotary_base, x.dtype)
+        new: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, cache = cast(Block, block).step(x, cos, sin, None if past is None else past[i])
+            new.append(cache)
+        return self.head(self.norm(x)), new
 
     @torch.no_grad()
     def embed_mean(self, input_ids: torch.Tensor) -> torch.Tensor:

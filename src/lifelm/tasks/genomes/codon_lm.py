@@ -200,3 +200,77 @@ def reference_sequence(path: str | Path | None = None) -> str:
     if len(seqs) != 1:
         raise ValueError(f"{path}: a reference FASTA holds one sequence, found {len(seqs)}")
     return next(iter(seqs.values()))
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-genome mode: one document per genome, strided windows when it does not fit
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenomeDocument:
+    """A genome as one document: ``[CLS]`` + ORF 1 codons + ``[SEP]`` + ORF 2 codons + ...
+
+    ``orf_offsets[o]`` is the index of the token that stands where ORF ``o``'s own ``[CLS]``
+    would (``[CLS]`` for the first ORF, ``[SEP]`` for the others), so ORF ``o``'s token ``t >= 1``
+    is document token ``orf_offsets[o] + t``.
+    """
+
+    ids: np.ndarray
+    orf_offsets: tuple[int, ...]
+
+
+def genome_document(tokens: GenomeTokens) -> GenomeDocument:
+    """Join a genome's ORF documents into one (GenSLM's whole-genome context)."""
+    from lifelm.data.genomes.codons import SEP_ID
+
+    pieces, offsets, at = [], [], 0
+    for o, doc in enumerate(tokens.docs):
+        head = CLS_ID if o == 0 else SEP_ID
+        pieces.append(np.concatenate([[head], doc[1:]]))
+        offsets.append(at)
+        at += len(doc)
+    return GenomeDocument(np.concatenate(pieces).astype(np.int64), tuple(offsets))
+
+
+def strided_windows(n: int, context: int, overlap: int) -> list[tuple[int, int, int]]:
+    """Cover ``n`` tokens with windows of ``context`` tokens that overlap by ``overlap``.
+
+    Returns ``(start, end, own_from)`` per window: the window reads tokens ``start:end`` and
+    *owns* tokens ``own_from:end`` (their outputs are taken from it). Every token is owned by
+    exactly one window, and every owned token after the first window has at least ``overlap``
+    tokens of left context inside its window. ``n <= context``: one window, the whole document.
+
+    >>> strided_windows(10, 4, 2)
+    [(0, 4, 0), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    """
+    if not 0 <= overlap < context:
+        raise ValueError(f"overlap must be in [0, context), got {overlap} for context {context}")
+    out = [(0, min(n, context), 0)]
+    stride = context - overlap
+    start = stride
+    while out[-1][1] < n:
+        out.append((start, min(n, start + context), start + overlap))
+        start += stride
+    return out
+
+
+def genome_windows(
+    docs: Sequence[GenomeDocument], context: int, overlap: int
+) -> list[tuple[int, int, int, int]]:
+    """``(genome, start, end, own_from)`` strided windows of every whole-genome document."""
+    return [
+        (g, a, b, own)
+        for g, d in enumerate(docs)
+        for a, b, own in strided_windows(len(d.ids), context, overlap)
+    ]
+
+
+def row_batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Indices of rows grouped longest first into batches of about ``batch_tokens`` padded tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    at = 0
+    while at < len(order):
+        n = max(1, batch_tokens // max(1, lengths[order[at]]))
+        yield order[at : at + n]
+        at += n

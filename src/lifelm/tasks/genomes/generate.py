@@ -33,6 +33,7 @@ def generate(
     min_codons: int = 30,
     max_codons: int = 500,
     seed: int = 0,
+    use_cache: bool = True,
 ) -> pd.DataFrame:
     """Sample ``n`` open reading frames.
 
@@ -54,6 +55,11 @@ def generate(
         Length cap in codons, stop included; a stop is forced at the cap.
     seed
         Seeds the sampler.
+    use_cache
+        Reuse past keys and values (:meth:`CodonTransformer.decode`): each step runs the new
+        token only. The same tokens come out as without it (``top_k=1`` is greedy decoding);
+        rows longer than the model's ``max_length`` fall back to recomputing the last
+        ``max_length`` tokens, as without the cache.
 
     Returns
     -------
@@ -82,10 +88,16 @@ def generate(
     ll = torch.zeros(n, dtype=torch.float64)
     n_sampled = torch.zeros(n, dtype=torch.long)
     model.eval()
+    past = None
     while not bool(done.all()):
         n_codons = ids.shape[1] - 1
-        ctx = ids[:, -model.cfg.max_length :].to(device)
-        logits = model.head(model.hidden_states(ctx))[:, -1].float().cpu()  # (n, V)
+        if use_cache and ids.shape[1] <= model.cfg.max_length:
+            new = ids if past is None else ids[:, -1:]
+            step_logits, past = model.decode(new.to(device), past)
+            logits = step_logits[:, -1].float().cpu()  # (n, V)
+        else:
+            ctx = ids[:, -model.cfg.max_length :].to(device)
+            logits = model.head(model.hidden_states(ctx))[:, -1].float().cpu()  # (n, V)
         logp = logits.log_softmax(-1)
         allowed = torch.zeros_like(logits, dtype=torch.bool)
         allowed[:, N_SPECIAL:] = True  # codons only

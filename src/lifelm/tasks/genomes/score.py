@@ -21,12 +21,16 @@ import torch
 from lifelm._core.progress import track
 from lifelm.data.genomes.align import translate_codon
 from lifelm.data.genomes.codons import VOCAB, OrfLike, orf_sequence
+from lifelm.data.genomes.datasets import pad_rows
 from lifelm.models.codon_transformer import CodonTransformer
 from lifelm.tasks.genomes.codon_lm import (
     GenomeTokens,
     batched,
     default_orfs,
+    genome_document,
+    genome_windows,
     reference_sequence,
+    row_batches,
     tokenize_genome,
     windows,
 )
@@ -59,6 +63,42 @@ def _predictions(
     return out
 
 
+@torch.no_grad()
+def _predictions_genome(
+    model: CodonTransformer,
+    toks: Sequence[GenomeTokens],
+    context: int,
+    overlap: int,
+    batch_tokens: int,
+) -> list[list[np.ndarray]]:
+    """Whole-genome mode of :func:`_predictions`: each genome is one document (ORFs joined by
+    ``[SEP]``) read in strided windows, so a codon is predicted from the codons before it in the
+    genome, across ORFs, up to ``context`` tokens back (at least ``overlap``). Same output shape:
+    per genome, per ORF, ``(len(doc), V)`` with NaN on each ORF's ``[CLS]`` row."""
+    device = next(model.parameters()).device
+    V = model.cfg.vocab_size
+    gdocs = [genome_document(t) for t in toks]
+    full = [np.full((len(d.ids), V), np.nan, dtype=np.float32) for d in gdocs]
+    items = genome_windows(gdocs, context, overlap)
+    for idx in row_batches([b - a for _, a, b, _ in items], batch_tokens):
+        ids = pad_rows([gdocs[items[i][0]].ids[items[i][1] : items[i][2]] for i in idx])
+        logp_t, _ = model.token_logprobs(ids.to(device))
+        logp = logp_t.cpu().numpy()
+        for r, i in enumerate(idx):
+            g, a, b, own = items[i]
+            lo = max(own, a + 1)  # tokens predicted from inside this window
+            full[g][lo:b] = logp[r, lo - a - 1 : b - a - 1]
+    out = []
+    for t, d, f in zip(toks, gdocs, full, strict=True):
+        per_orf = []
+        for o, doc in enumerate(t.docs):
+            p = f[d.orf_offsets[o] : d.orf_offsets[o] + len(doc)].copy()
+            p[0] = np.nan  # the ORF's [CLS] is not a codon
+            per_orf.append(p)
+        out.append(per_orf)
+    return out
+
+
 # Long only because of its docstring and signature; the body is under 80 lines.
 def score_genomes(
     model: CodonTransformer,
@@ -66,10 +106,12 @@ def score_genomes(
     *,
     orfs: Sequence[OrfLike] | None = None,
     reference: str | None = None,
-    context: int = 1024,
+    context: int | None = None,
     batch_tokens: int = 16_384,
     chunk: int = 32,
     progress: bool = True,
+    mode: str = "orf",
+    overlap: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Score reference-aligned genomes.
 
@@ -84,13 +126,23 @@ def score_genomes(
     reference
         Reference genome in the same coordinates (``None``: Wuhan-Hu-1), for the mutation ratios.
     context
-        Tokens per window.
+        Tokens per window (``None``: 1,024 in ``"orf"`` mode, the model's ``max_length`` in
+        ``"genome"`` mode; never more than ``max_length``).
     batch_tokens
         Padded tokens per forward pass.
     chunk
         Genomes held in memory at once.
     progress
         Show a progress bar.
+    mode
+        ``"orf"``: every ORF is its own document, read in windows of ``context`` tokens.
+        ``"genome"``: GenSLM's whole-genome context: one document per genome (ORFs joined by
+        ``[SEP]``, about 9,900 tokens for SARS-CoV-2), read whole when it fits in ``context``
+        (default then: the model's ``max_length``, 10,240 for LifeLM's presets) or in windows of
+        ``context`` tokens overlapping by ``overlap`` (default ``context // 2``), each codon
+        predicted once, from the window where it has the most left context.
+    overlap
+        Tokens shared by consecutive windows in ``"genome"`` mode.
 
     Returns
     -------
@@ -108,14 +160,22 @@ def score_genomes(
     orfs = default_orfs() if orfs is None else list(orfs)
     ref = reference_sequence() if reference is None else reference
     ref_orfs = [orf_sequence(ref, o) for o in orfs]
+    if mode not in ("orf", "genome"):
+        raise ValueError(f"mode must be 'orf' or 'genome', got {mode!r}")
+    if context is None:
+        context = 1024 if mode == "orf" else model.cfg.max_length
     context = min(context, model.cfg.max_length)
+    over = context // 2 if overlap is None else overlap
     names = list(genomes)
     g_rows, m_rows, o_rows = [], [], []
     starts = range(0, len(names), chunk)
     for c0 in track(starts, description="scoring", total=len(starts), disable=not progress):
         part = names[c0 : c0 + chunk]
         toks = [tokenize_genome(genomes[n], orfs) for n in part]
-        preds = _predictions(model, toks, context, batch_tokens)
+        if mode == "genome":
+            preds = _predictions_genome(model, toks, context, over, batch_tokens)
+        else:
+            preds = _predictions(model, toks, context, batch_tokens)
         for name, tok, pred in zip(part, toks, preds, strict=True):
             total_ll, total_n = 0.0, 0
             genome = genomes[name]
