@@ -32,6 +32,7 @@ cutoff (:func:`train_backtest_model` fits one on the lineages known at the start
 
 from __future__ import annotations
 
+import itertools
 import json
 import lzma
 from collections.abc import Callable, Mapping, Sequence
@@ -96,7 +97,7 @@ class WarnConfig:
     freq: str = "MS"  # pandas frequency of the cutoffs (MS = monthly)
     top_fraction: float = 0.1  # flag the top 10% (threshold from earlier lineages only)
     orfs: tuple[str, ...] = ("S",)  # ORFs the codon model reads
-    context: int = 512  # tokens per window
+    context: int = 256  # tokens per window (spike: 1,274 tokens in 5 windows)
     batch_tokens: int = 16_384
     grew_min_descendants: int = 3  # "grew": at least this many designated descendant lineages
     never_grew_min_age_days: int = 180  # "never grew": no descendant and at least this old
@@ -114,6 +115,7 @@ class WarnResult:
     alarms: pd.DataFrame  # one row per method: false-alarm rate, hit rate, AUROC
     qc: pd.DataFrame  # one row per genome: QC status and reason
     summary: dict[str, Any] = field(default_factory=dict)
+    model: CodonTransformer | None = None  # the fixed codon model used (for reuse, e.g. novelty)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,13 +310,13 @@ def model_features(
         width = len(docs[order[at]][1])
         idx = order[at : at + max(1, batch_tokens // width)]
         at += len(idx)
-        ids = pad_rows([docs[i][1] for i in idx]).to(device)
-        h = model.hidden_states(ids)
+        batch = pad_rows([docs[i][1] for i in idx]).to(device)
+        h = model.hidden_states(batch)
         logp = model.head(h).float().log_softmax(-1)
-        tgt = ids[:, 1:]
+        tgt = batch[:, 1:]
         lp = logp[:, :-1].gather(-1, tgt[..., None])[..., 0]
         ok = tgt >= 5  # codons only: not [UNK], [PAD] or other specials
-        keep = real_token_mask(ids).float()[..., None]
+        keep = real_token_mask(batch).float()[..., None]
         row_ll = (lp * ok).sum(1).double().cpu().numpy()
         row_n = ok.sum(1).cpu().numpy()
         row_e = (h.float() * keep).sum(1).double().cpu().numpy()
@@ -338,18 +340,19 @@ def _difference_matrix(genomes: Sequence[str], reference: str) -> sparse.csr_mat
     """Binary (n, 5 * L) matrix: 1 where a genome has a called base or deletion unlike the reference."""
     r = np.frombuffer(reference.upper().encode("latin-1"), dtype=np.uint8)
     code = np.full(256, -1, dtype=np.int64)
-    for i, c in enumerate("ACGT-"):
-        code[ord(c)] = i
-    rows, cols = [], []
-    for k, s in enumerate(genomes):
-        g = np.frombuffer(s.upper().encode("latin-1"), dtype=np.uint8)
+    for i, base in enumerate("ACGT-"):
+        code[ord(base)] = i
+    rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    cols: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    for k, seq in enumerate(genomes):
+        g = np.frombuffer(seq.upper().encode("latin-1"), dtype=np.uint8)
         c = code[g]
         pos = np.flatnonzero((c >= 0) & (g != r))
-        rows.append(np.full(len(pos), k))
+        rows.append(np.full(len(pos), k, dtype=np.int64))
         cols.append(pos * 5 + c[pos])
     data = np.ones(sum(len(x) for x in rows), dtype=np.float32)
     return sparse.csr_matrix(
-        (data, (np.concatenate(rows or [[]]), np.concatenate(cols or [[]]))),
+        (data, (np.concatenate(rows), np.concatenate(cols))),
         shape=(len(genomes), 5 * len(reference)),
     )
 
@@ -378,6 +381,76 @@ def new_spike_changes(child: str, parent: str) -> list[str]:
 
 MutationScorer = Callable[[str, str, list[str]], float]
 """``scorer(lineage_genome, parent_genome, new_spike_changes) -> score`` (higher: riskier)."""
+
+
+def spike_nucleotide_changes(child: str, parent: str, *, non_synonymous: bool = True) -> list[str]:
+    """Nucleotide substitutions ``A23403G`` of ``child`` versus ``parent`` inside spike.
+
+    Only sites where both have A/C/G/T; with ``non_synonymous`` only those in codons whose amino
+    acid changes (the parent's base is the one named).
+    """
+    lo = SPIKE_START - 1
+    out = []
+    for k in range(SPIKE_CODONS):
+        a = parent[lo + 3 * k : lo + 3 * k + 3].upper()
+        b = child[lo + 3 * k : lo + 3 * k + 3].upper()
+        if a == b:
+            continue
+        if non_synonymous and translate_codon(a) == translate_codon(b):
+            continue
+        for j in range(3):
+            if a[j] != b[j] and a[j] in "ACGT" and b[j] in "ACGT":
+                out.append(f"{a[j]}{lo + 3 * k + j + 1}{b[j]}")
+    return out
+
+
+def codon_mutation_scorer(
+    model: CodonTransformer,
+    genomes: Mapping[str, str],
+    *,
+    reference: str | None = None,
+    context_codons: int = 32,
+) -> MutationScorer:
+    """Method (c): ``-sum`` of the codon model's scores of a lineage's new spike changes.
+
+    Every distinct non-synonymous spike substitution (versus Wuhan-Hu-1) carried by any of
+    ``genomes`` is scored once by :func:`lifelm.tasks.genomes.mutscore.score_substitutions` in
+    the reference's codon context (``method="left"``: ``log p(mutant codon | left context) -
+    log p(reference codon | left context)``, nats). The model is fixed, so these numbers do not
+    depend on the cutoff. A lineage's score is minus the sum over the substitutions it carries
+    and its parent does not (NaN ones skipped; reversions and deletions are not scored): high
+    when it brings many spike changes the model finds implausible. No new change: 0.
+    """
+    from lifelm.tasks.genomes.mutscore import score_substitutions
+
+    ref = reference or Reference.sarscov2().sequence
+    subs_of = {n: frozenset(spike_nucleotide_changes(g, ref)) for n, g in genomes.items()}
+    union = sorted(set().union(*subs_of.values())) if subs_of else []
+    llr = (
+        score_substitutions(
+            model,
+            ref,
+            union,
+            context_codons=context_codons,
+            method="left",
+            orfs=select_orfs(["S"]),
+            on_mismatch="nan",
+        )
+        if union
+        else np.zeros(0)
+    )
+    table = dict(zip(union, llr.tolist(), strict=True))
+
+    def scorer(child: str, parent: str, changes: list[str]) -> float:
+        new = set(spike_nucleotide_changes(child, ref)) - set(spike_nucleotide_changes(parent, ref))
+        vals = np.array([table.get(x, np.nan) for x in sorted(new)], dtype=float)
+        if not len(vals):
+            return 0.0
+        if np.isnan(vals).all():
+            return float("nan")
+        return float(-np.nansum(vals))
+
+    return scorer
 
 
 def _percentile(pool: np.ndarray, x: float) -> float:
@@ -553,16 +626,17 @@ def backtest(
         rows.append({**r, "window": "start", "n_known": len(start_set) - 1})
     cuts = cutoffs(t, cfg)
     dated = t[~t["known_at_start"]]
-    for c0, c1 in zip(cuts[:-1], cuts[1:], strict=True):
+    for c0, c1 in itertools.pairwise(cuts):
         known = t.loc[t["known_at_start"] | (t["date"] < c0), "lineage"].tolist()
         new = dated.loc[(dated["date"] >= c0) & (dated["date"] < c1), "lineage"].tolist()
         for r in _score_batch(new, known, ctx, exclude_self=False):
             rows.append({**r, "window": c0.date().isoformat(), "n_known": len(known)})
     scores = pd.DataFrame(rows)
-    if scores.empty:
+    if scores.empty or (scores["window"] == "start").all():
         raise InputError(
-            "no lineage could be scored: the table has no lineage known before the first cutoff "
-            f"({cfg.start}) or none after it; check --start and the dates."
+            f"no lineage could be scored in the walk: {len(start_set)} lineages are known before "
+            f"the first cutoff ({cfg.start}) and none of the others is dated after it (or none is "
+            "known before it); check --start and the dates."
         )
     meta = t.set_index("lineage")
     scores.insert(1, "date", meta.loc[scores["lineage"], "date"].to_numpy())
@@ -764,7 +838,8 @@ def evaluate(
 # data loading and the whole run
 # ----------------------------------------------------------------------------------------------
 def _tree_tips(path: Path) -> dict[str, dict[str, Any]]:
-    tree = json.load(lzma.open(path, "rt"))
+    with lzma.open(path, "rt") as fh:
+        tree = json.load(fh)
     out: dict[str, dict[str, Any]] = {}
     stack = [tree["tree"]]
     while stack:
@@ -966,21 +1041,23 @@ def run_pango_backtest(
     preset: str = "test",
     train_steps: int = 300,
     seed: int = 0,
-    mutation_scorer: MutationScorer | None = None,
+    mutation_scores: bool = True,
+    training_orfs: Sequence[str] = ("S", "ORF3a", "ORF8", "N"),
 ) -> WarnResult:
     """The backtest on the shared Pango consensus data (``data_root`` = the ``genomes/`` folder).
 
     With ``model_dir`` the given codon model is used as it is (the caller vouches that it saw no
     SARS-CoV-2 genome dated after the first cutoff). Without it, a ``preset`` model is trained
-    for ``train_steps`` on the configured ORFs of the lineages known before the first cutoff only
-    and saved to ``out_dir/model``.
+    for ``train_steps`` on ``training_orfs`` of the lineages known before the first cutoff only
+    and saved to ``out_dir/train/model``. ``mutation_scores``: compute method (c) with
+    :func:`codon_mutation_scorer` (the slowest part; off: column NaN).
     """
     from lifelm.tasks.genomes.codon_lm import load_codon_model
 
     cfg = config or WarnConfig()
     torch.manual_seed(seed)
     table, genomes, emergence = load_pango_data(data_root, start=cfg.start)
-    orfs = select_orfs(cfg.orfs)
+    select_orfs(cfg.orfs)  # an unknown ORF fails before the data is read
     if model_dir is not None:
         model, _ = load_codon_model(model_dir, device="cpu")
         note = f"fixed model {model_dir} (as given; must have seen no genome after {cfg.start})"
@@ -989,21 +1066,24 @@ def run_pango_backtest(
         model = train_backtest_model(
             {n: genomes[n] for n in start_names},
             Path(out_dir) / "train",
-            orfs=orfs,
+            orfs=select_orfs(training_orfs),
             preset=preset,
             steps=train_steps,
             seed=seed,
         )
         note = (
-            f"{preset} codon model trained {train_steps} steps on the {'+'.join(cfg.orfs)} ORFs of "
+            f"{preset} codon model trained {train_steps} steps on the {'+'.join(training_orfs)} ORFs of "
             f"the {len(start_names)} lineages known before {cfg.start} only (fixed during the walk)"
         )
-    return warn(
+    scorer = codon_mutation_scorer(model, genomes) if mutation_scores else None
+    result = warn(
         table,
         genomes,
         model=model,
         config=cfg,
-        mutation_scorer=mutation_scorer,
+        mutation_scorer=scorer,
         emergence=emergence,
         model_note=note,
     )
+    result.model = model
+    return result
