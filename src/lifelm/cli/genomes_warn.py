@@ -111,6 +111,7 @@ def warn(
             nov = run_genbank_novelty(
                 data,
                 result.model,
+                orfs=tuple(orfs),
                 context=context,
                 config=NoveltyConfig(cutoff=novelty_cutoff, seed=seed),
             )

@@ -217,7 +217,7 @@ def run_genbank_novelty(
     data_root: str | Path,
     model: CodonTransformer | None,
     *,
-    orfs: Sequence[str] = ("S", "ORF3a", "ORF8", "N"),
+    orfs: Sequence[str] = ("S",),
     context: int = 256,
     config: NoveltyConfig | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:

@@ -1042,13 +1042,14 @@ def run_pango_backtest(
     train_steps: int = 300,
     seed: int = 0,
     mutation_scores: bool = True,
-    training_orfs: Sequence[str] = ("S", "ORF3a", "ORF8", "N"),
+    training_orfs: Sequence[str] | None = None,
 ) -> WarnResult:
     """The backtest on the shared Pango consensus data (``data_root`` = the ``genomes/`` folder).
 
     With ``model_dir`` the given codon model is used as it is (the caller vouches that it saw no
     SARS-CoV-2 genome dated after the first cutoff). Without it, a ``preset`` model is trained
-    for ``train_steps`` on ``training_orfs`` of the lineages known before the first cutoff only
+    for ``train_steps`` on ``training_orfs`` (``None``: the configured ORFs) of the lineages
+    known before the first cutoff only
     and saved to ``out_dir/train/model``. ``mutation_scores``: compute method (c) with
     :func:`codon_mutation_scorer` (the slowest part; off: column NaN).
     """
@@ -1058,6 +1059,7 @@ def run_pango_backtest(
     torch.manual_seed(seed)
     table, genomes, emergence = load_pango_data(data_root, start=cfg.start)
     select_orfs(cfg.orfs)  # an unknown ORF fails before the data is read
+    train_orfs = tuple(training_orfs) if training_orfs is not None else cfg.orfs
     if model_dir is not None:
         model, _ = load_codon_model(model_dir, device="cpu")
         note = f"fixed model {model_dir} (as given; must have seen no genome after {cfg.start})"
@@ -1066,13 +1068,13 @@ def run_pango_backtest(
         model = train_backtest_model(
             {n: genomes[n] for n in start_names},
             Path(out_dir) / "train",
-            orfs=select_orfs(training_orfs),
+            orfs=select_orfs(train_orfs),
             preset=preset,
             steps=train_steps,
             seed=seed,
         )
         note = (
-            f"{preset} codon model trained {train_steps} steps on the {'+'.join(training_orfs)} ORFs of "
+            f"{preset} codon model trained {train_steps} steps on the {'+'.join(train_orfs)} ORFs of "
             f"the {len(start_names)} lineages known before {cfg.start} only (fixed during the walk)"
         )
     scorer = codon_mutation_scorer(model, genomes) if mutation_scores else None
