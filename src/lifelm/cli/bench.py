@@ -50,3 +50,48 @@ def perturbation(
     )
     typer.echo(table)
     typer.echo(f"wrote {out}/table.md, {out}/results.csv, {out}/summary.png")
+
+
+@app.command("early-warning")
+def early_warning(
+    data_root: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="The genomes/ data folder (e.g. shared/data/genomes).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    out: OUT_DIR = Path("runs/bench_early_warning"),
+    model: OPTIONAL_MODEL = None,
+    train_steps: Annotated[
+        int,
+        typer.Option("--train-steps", min=1, help="Steps of the model trained on the start set."),
+    ] = 300,
+    top_fraction: Annotated[
+        float, typer.Option("--top-fraction", min=0.001, max=0.999, help="Flag the top fraction.")
+    ] = 0.1,
+) -> None:
+    """Early-warning backtest and unseen-lineage flagging, model next to every baseline.
+
+    Prints the per-variant lead-time table, the false-alarm table and the novelty precision /
+    recall; writes them (and report.html) to -o.
+    """
+    from lifelm.reports.warning import markdown_table, variant_matrix, write_outputs
+    from lifelm.tasks.genomes.novelty import run_genbank_novelty
+    from lifelm.tasks.genomes.warning import WarnConfig, run_pango_backtest
+
+    result = run_pango_backtest(
+        data_root,
+        out,
+        model_dir=model,
+        config=WarnConfig(top_fraction=top_fraction),
+        train_steps=train_steps,
+    )
+    nov = run_genbank_novelty(data_root, result.model)
+    report = write_outputs(result, out, novelty=nov)
+    typer.echo(markdown_table(variant_matrix(result.variants)))
+    typer.echo(markdown_table(result.alarms))
+    typer.echo(markdown_table(nov[1]))
+    typer.echo(f"wrote {report}")

@@ -13,6 +13,7 @@ import typer
 
 from lifelm.cli import genomes_models as models
 from lifelm.cli import genomes_seq as seq
+from lifelm.cli import genomes_warn
 
 app = typer.Typer(help="Genomes: QC, mutations, codon language models.", no_args_is_help=True)
 commands: list[tuple[str, Callable[..., Any]]] = [
@@ -26,6 +27,7 @@ commands: list[tuple[str, Callable[..., Any]]] = [
     ("score", models.score),
     ("perplexity", models.perplexity),
     ("generate", models.generate),
+    ("warn", genomes_warn.warn),
 ]
 for name, fn in commands:
     app.command(name)(fn)
