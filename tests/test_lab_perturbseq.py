@@ -223,7 +223,7 @@ def test_mc_dropout_has_spread_and_is_seeded() -> None:
     genes = np.array([f"g{i}" for i in range(90)])
     feats = GeneFeatures(genes, np.vstack([X, Xp]), tuple(f"coexpression:c{i}" for i in range(4)))
     obs = Observations(tuple(genes[:60]), y, np.zeros(60, dtype=np.int64))
-    for strategy in ("ucb_thompson", "diversity"):
+    for strategy in ("ucb_thompson",):
         sel = select_batch(strategy, pool=list(genes[60:]), features=feats, obs=obs,
                            batch_size=5, round_index=1, seed=0, surrogate="mc_dropout",
                            mc_samples=8, direction="up")  # fmt: skip
