@@ -255,3 +255,43 @@ def test_norman_perturbseq_loop_on_real_cells(shared_data: Path, tmp_path: Path)
     assert curve.synergy_in_pool.iloc[0] == 6
     acc = pd.read_csv(out / "greedy" / "response_accuracy.csv")
     assert acc.pearson.between(-1, 1).all()
+
+
+def test_gi_map_pair_screen_profiles_and_resume(tmp_path: Path) -> None:
+    from lifelm.lab.gimap import PairProfileLearner, load_gi_screen, pair_features
+
+    genes = [f"g{i:02d}" for i in range(24)]
+    rng = np.random.default_rng(1)
+    hub = rng.normal(0, 1, 24) - 2.0 * (np.arange(24) < 4)  # g00..g03 take part in synergy
+    m = hub[:, None] + hub[None, :] + rng.normal(0, 0.3, (24, 24))
+    m = (m + m.T) / 2
+    f = tmp_path / "gi.csv"
+    pd.DataFrame(m, index=genes, columns=genes).to_csv(f)
+    s = load_gi_screen(f, quantile=0.1)
+    assert len(s.genes) == 24 * 23 // 2
+    assert s.hits == set(s.genes[s.scores <= np.quantile(s.scores, 0.1)])
+    hub_hits = [h for h in s.hits if set(h.split("+")) & {"g00", "g01", "g02", "g03"}]
+    assert len(hub_hits) > 0.8 * len(s.hits)
+    assert s.direction == "down"
+    learner = PairProfileLearner()
+    learner.observe(
+        0, {"tested": np.array(["g00+g01", "g00+g02"]), "score": np.array([-4.0, -2.0])}
+    )
+    x_train, x_pool, names = learner.features(["g00+g01", "g00+g02"], ["g00+g05", "g05+g06"])
+    assert names[0] == "response:profile_mean_sum"
+    assert x_pool[0, 0] == pytest.approx(-3.0)  # g00's mean over both tested pairs; g05 unseen
+    assert x_pool[1].tolist() == [0.0] * len(names)
+    assert x_train[0, 0] == pytest.approx(-2.0)  # its own score left out
+    singles = pd.Series(rng.normal(0, 1, 24), index=genes)
+    feats = pair_features(s, singles)
+    cfg = LoopConfig(strategy="greedy", rounds=4, batch_size=20, seed=0, n_estimators=16,
+                     feature_sources=ALL_SOURCES)  # fmt: skip
+    full = run_loop(s, tmp_path / "a", config=cfg, features=feats, learner=PairProfileLearner())
+    run_loop(
+        s, tmp_path / "b", config=cfg, features=feats, learner=PairProfileLearner(), stop_after=2
+    )
+    res = run_loop(s, tmp_path / "b", config=cfg, features=feats, learner=PairProfileLearner(),
+                   resume=True)  # fmt: skip
+    assert res.batches == full.batches
+    batch = json.loads((tmp_path / "a" / "rounds" / "round_003" / "batch.json").read_text())
+    assert "10 features" in batch["model"]  # 5 single-phenotype + 5 profile columns

@@ -17,8 +17,9 @@ A killed loop resumes at the first round without a folder; each round's randomne
 (seed, round) only, so the resumed run ends in the same state as an uninterrupted one.
 
 A *learner* (:class:`Learner`) adds per-round feature columns computed from the read-outs seen
-so far (the Perturb-seq setting's response model, :mod:`lifelm.lab.perturbseq`); the loop feeds
-it each round's ``responses.npz`` (again on resume) and nothing else.
+so far (the Perturb-seq setting's response model, :mod:`lifelm.lab.perturbseq`; the GI-map
+pair profiles, :mod:`lifelm.lab.gimap`); the loop feeds it each round's ``responses.npz`` and the
+tested genes with their measured scores (again on resume), never the hit labels.
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ def run_loop(
         if learner is not None:
             learner.reset()
             for r in range(len(frames)):
-                learner.observe(r, load_arrays(out, r))
+                learner.observe(r, _learner_view(load_arrays(out, r), frames[r]))
         for r in range(len(frames), config.rounds):
             if stop_after is not None and r >= stop_after:
                 break
@@ -386,7 +387,7 @@ def run_loop(
             frames.append(table)
             tested |= set(sel.genes)
             if learner is not None:
-                learner.observe(r, res.arrays)
+                learner.observe(r, _learner_view(res.arrays, table))
             curve = _curve(frames, pool_hits, pool_sets)
             _write_state(out, config, curve, screen, lab)
         completed = len(frames) == config.rounds
@@ -403,6 +404,16 @@ def run_loop(
     batches = [list(f.gene.astype(str)) for f in frames]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return LoopResult(out, config, batches, results, curve, completed, ranking)
+
+
+def _learner_view(arrays: Mapping[str, np.ndarray], table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What a learner may see of a round: the lab's vector read-outs plus the tested genes and
+    their measured scores (``tested``, ``score``), never the hit labels."""
+    return {
+        **dict(arrays),
+        "tested": table.gene.astype(str).to_numpy(),
+        "score": table.score.to_numpy(float),
+    }
 
 
 def _extra(
