@@ -11,7 +11,9 @@ Protocol (fixed here, so any screen file of the same format runs unchanged):
 * features: ``expression``/``coexpression`` from PBMC 3k (10x, 2,638 cells, the T-cell screens'
   nearest cells in shared data) and the ``neighbours`` source (earlier rounds' outcomes);
   no cell-model embeddings (no pretrained LifeLM checkpoint in shared data);
-* ablation: the ``greedy`` strategy with each feature source left out.
+* ablation: the ``greedy`` strategy with each feature source left out;
+* surrogate: the random-forest ensemble (default) or, with ``--surrogates mc_dropout``, the
+  MC-dropout MLP (dropout kept on at prediction, 32 passes); rows carry a ``surrogate`` column.
 
 Run: ``PYTHONPATH=src python benchmarks/lab_discovery.py --data ../shared/data --out runs/lab_bench``
 (prints Markdown tables of mean ± sd over seeds and writes ``results.csv``, ``table.md``).
@@ -53,6 +55,7 @@ def run(
     seeds: int,
     ablation: bool,
     strategies: tuple[str, ...] = STRATEGIES,
+    surrogates: tuple[str, ...] = ("forest",),
 ) -> pd.DataFrame:
     import anndata as ad
 
@@ -68,12 +71,16 @@ def run(
             direction=SCREENS[name],
         )
         feats = expression_features(screen.genes, adata)
-        runs = [(s, FULL_SOURCES) for s in strategies]
+        runs = [(s, FULL_SOURCES, sur) for sur in surrogates for s in strategies]
+        runs = [r for r in runs if r[2] == "forest" or r[0] != "random"]
+        if "random" in strategies and "forest" not in surrogates:  # random has no surrogate
+            runs.insert(0, ("random", FULL_SOURCES, "forest"))
         if ablation:
             runs += [
-                ("greedy", tuple(x for x in FULL_SOURCES if x != drop)) for drop in FULL_SOURCES
+                ("greedy", tuple(x for x in FULL_SOURCES if x != drop), "forest")
+                for drop in FULL_SOURCES
             ]
-        for strategy, sources in runs:
+        for strategy, sources, surrogate in runs:
             for seed in range(seeds):
                 cfg = LoopConfig(
                     strategy=strategy,
@@ -81,6 +88,7 @@ def run(
                     batch_size=BATCH,
                     seed=seed,
                     feature_sources=sources,
+                    surrogate=surrogate,
                 )
                 t0 = time.time()
                 with tempfile.TemporaryDirectory() as tmp:
@@ -95,6 +103,7 @@ def run(
                         {
                             "screen": name,
                             "strategy": strategy,
+                            "surrogate": surrogate,
                             "left_out": left_out,
                             "seed": seed,
                             **rec,
@@ -104,7 +113,7 @@ def run(
                 out.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame(rows).to_csv(out / "results.partial.csv", index=False)
                 print(
-                    f"{name} {strategy} -{left_out} seed {seed}: {res.curve.hit_ratio.iloc[-1]:.3f} ({time.time() - t0:.1f}s)",
+                    f"{name} {strategy}/{surrogate} -{left_out} seed {seed}: {res.curve.hit_ratio.iloc[-1]:.3f} ({time.time() - t0:.1f}s)",
                     flush=True,
                 )
     df = pd.DataFrame(rows)
@@ -127,6 +136,14 @@ def tables(df: pd.DataFrame) -> str:
         )
         lines.append("|---" * (ROUNDS + 2) + "|")
         rand = full[full.strategy == "random"].set_index(["seed", "round"]).hit_ratio
+        if "surrogate" in full:
+            full = full.assign(
+                strategy=np.where(
+                    full.surrogate == "forest",
+                    full.strategy,
+                    full.strategy + " (" + full.surrogate + ")",
+                )
+            )
         for strat, s in full.groupby("strategy", sort=False):
             cells = []
             for r in range(ROUNDS):
@@ -145,7 +162,11 @@ def tables(df: pd.DataFrame) -> str:
             for strat, s in full[full["round"] == ROUNDS - 1].groupby("strategy", sort=False):
                 v = 100 * s.hit_ratio_nonessential
                 lines.append(f"| {strat} | {v.mean():.2f} ± {v.std(ddof=1):.2f} |")
-        abl = g[g.strategy == "greedy"]
+        abl = (
+            g[(g.strategy == "greedy") & (g.surrogate == "forest")]
+            if "surrogate" in g
+            else g[g.strategy == "greedy"]
+        )
         if abl.left_out.nunique() > 1:
             lines.append(
                 f"\n{name}, greedy, final hit ratio (%) with one feature source left out:\n"
@@ -168,6 +189,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=SEEDS)
     p.add_argument("--no-ablation", action="store_true")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument("--surrogates", nargs="+", default=["forest"], choices=["forest", "mc_dropout"])
     a = p.parse_args()
     df = run(
         a.data,
@@ -176,6 +198,7 @@ def main() -> None:
         seeds=a.seeds,
         ablation=not a.no_ablation,
         strategies=tuple(a.strategies),
+        surrogates=tuple(a.surrogates),
     )
     text = tables(df)
     (a.out / "table.md").write_text(text)

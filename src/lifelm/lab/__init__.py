@@ -10,7 +10,9 @@ Python API::
 Modules: :mod:`~lifelm.lab.screens` (screen tables, hits, controls), :mod:`~lifelm.lab.features`
 (gene features), :mod:`~lifelm.lab.strategies`, :mod:`~lifelm.lab.backends` (the simulated assay),
 :mod:`~lifelm.lab.plr` (PyLabRobot protocols), :mod:`~lifelm.lab.loop` (rounds, state, resume),
-:mod:`~lifelm.lab.evidence` (evidence-integration ranking).
+:mod:`~lifelm.lab.evidence` (evidence-integration ranking), :mod:`~lifelm.lab.perturbseq` (the
+Perturb-seq setting: a bootstrap-of-cells oracle and the response model as learner),
+:mod:`~lifelm.lab.gimap` (Norman's GI map as a pair screen).
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ class RoundResult:
     table: pd.DataFrame  # columns: gene, score (+ backend extras such as plate, well)
     protocol: dict[str, Any] = field(default_factory=dict)
     log: str = ""
+    # vector read-outs (e.g. a Perturb-seq round's expression shifts), saved as responses.npz
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Lab(Protocol):

@@ -29,6 +29,9 @@ import scipy.sparse as sp
 from lifelm._core.errors import InputError
 
 SOURCES = ("expression", "coexpression", "embedding", "neighbours")
+# the Perturb-seq setting adds ``perturbation`` (static: number of targets) and ``response``
+# (per round: the response model's predicted effect, see lifelm.lab.perturbseq)
+ALL_SOURCES = (*SOURCES, "perturbation", "response")
 
 
 @dataclass(frozen=True)

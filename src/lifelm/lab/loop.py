@@ -8,11 +8,18 @@ Run folder (one writer, locked)::
         predictions.npz            pool genes, predicted effect and spread, acquisition
         protocol.json, protocol.log  what the lab ran (PyLabRobot operations or the oracle's step)
         results.csv                gene, measured score (+ plate, well), round, hit
+        responses.npz              vector read-outs when the lab has them (Perturb-seq: the
+                                   measured expression shift of each perturbation)
     OUT/state.json, OUT/curve.csv  rounds done and the discovery curve so far
     OUT/ranking.csv                final evidence ranking (when all rounds are done)
 
 A killed loop resumes at the first round without a folder; each round's randomness derives from
 (seed, round) only, so the resumed run ends in the same state as an uninterrupted one.
+
+A *learner* (:class:`Learner`) adds per-round feature columns computed from the read-outs seen
+so far (the Perturb-seq setting's response model, :mod:`lifelm.lab.perturbseq`; the GI-map
+pair profiles, :mod:`lifelm.lab.gimap`); the loop feeds it each round's ``responses.npz`` and the
+tested genes with their measured scores (again on resume), never the hit labels.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,11 +39,33 @@ import pandas as pd
 from lifelm._core.errors import InputError, OutputError
 from lifelm._core.runfolder import atomic_output, ensure_manifest, lock_folder
 from lifelm.lab.backends import Lab, SimulatedLab
-from lifelm.lab.features import SOURCES, GeneFeatures, empty_features
+from lifelm.lab.features import ALL_SOURCES, SOURCES, GeneFeatures, empty_features
 from lifelm.lab.screens import Screen
-from lifelm.lab.strategies import STRATEGIES, Observations, Selection, effects, select_batch
+from lifelm.lab.strategies import (
+    STRATEGIES,
+    SURROGATES,
+    Observations,
+    Selection,
+    effects,
+    select_batch,
+)
 
 BACKENDS = ("simulated", "pylabrobot")
+# settings added after the first release: left out of the manifest at their defaults, so a run
+# folder written before they existed still resumes
+_NEW_SETTINGS = {"surrogate": "forest", "mc_samples": 32}
+
+
+class Learner(Protocol):
+    """Per-round features from the read-outs seen so far (never from untested perturbations)."""
+
+    def reset(self) -> None: ...
+
+    def observe(self, round_index: int, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+    def features(
+        self, train: Sequence[str], pool: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +81,8 @@ class LoopConfig:
     backend: str = "simulated"
     noise_sd: float | None = None
     positive_control: str | None = None
+    surrogate: str = "forest"
+    mc_samples: int = 32
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -66,9 +97,17 @@ class LoopConfig:
             raise InputError(
                 f"rounds and batch size must be ≥ 1 (got {self.rounds}, {self.batch_size})"
             )
-        bad = set(self.feature_sources) - set(SOURCES)
+        bad = set(self.feature_sources) - set(ALL_SOURCES)
         if bad:
-            raise InputError(f"unknown feature sources {sorted(bad)}; known: {', '.join(SOURCES)}")
+            raise InputError(
+                f"unknown feature sources {sorted(bad)}; known: {', '.join(ALL_SOURCES)}"
+            )
+        if self.surrogate not in SURROGATES:
+            raise InputError(
+                f"unknown surrogate {self.surrogate!r}; choose from {', '.join(SURROGATES)}"
+            )
+        if self.mc_samples < 2:
+            raise InputError(f"MC-dropout needs at least 2 samples (got {self.mc_samples})")
         object.__setattr__(self, "feature_sources", tuple(self.feature_sources))
 
     @property
@@ -92,6 +131,19 @@ class LoopResult:
 
 def make_lab(screen: Screen, config: LoopConfig) -> Lab:
     """The lab of ``config.backend`` over ``screen``."""
+    from lifelm.lab.perturbseq import PerturbScreen, PerturbSeqLab
+
+    if isinstance(screen, PerturbScreen):
+        if config.backend != "simulated":
+            raise InputError(
+                "the Perturb-seq setting runs on the simulated lab only: a Perturb-seq round is a "
+                "pooled single-cell experiment, not a plate read-out (use --backend simulated)"
+            )
+        if config.noise_sd is not None:
+            raise InputError(
+                "--noise-sd does not apply to Perturb-seq: the noise is a bootstrap of the cells"
+            )
+        return PerturbSeqLab(screen, seed=config.seed)
     assay = SimulatedLab(screen, seed=config.seed, noise_sd=config.noise_sd)
     if config.backend == "pylabrobot":
         from lifelm.lab.plr import PyLabRobotLab
@@ -141,6 +193,15 @@ def _load_done(out: Path, config: LoopConfig) -> list[pd.DataFrame]:
     return done
 
 
+def load_arrays(out: str | Path, r: int) -> dict[str, np.ndarray]:
+    """The vector read-outs of round ``r`` (``{}`` when the lab had none)."""
+    f = _round_dir(Path(out), r) / "responses.npz"
+    if not f.is_file():
+        return {}
+    with np.load(f, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def _observations(frames: list[pd.DataFrame]) -> Observations:
     if not frames:
         return Observations.empty()
@@ -150,23 +211,32 @@ def _observations(frames: list[pd.DataFrame]) -> Observations:
     )
 
 
-def _curve(frames: list[pd.DataFrame], n_hits_pool: int) -> pd.DataFrame:
+def _curve(
+    frames: list[pd.DataFrame], n_hits_pool: int, sets: Mapping[str, int] | None = None
+) -> pd.DataFrame:
+    """Discovery curve; ``sets`` (name -> members in the pool) adds ``<name>_found/_in_pool/_ratio``."""
+    sets = dict(sets or {})
     rows, found, tested = [], 0, 0
+    found_sets = dict.fromkeys(sets, 0)
     for r, df in enumerate(frames):
         found += int(df.hit.sum())
         tested += len(df)
-        rows.append(
-            {
-                "round": r,
-                "n_tested": tested,
-                "hits_found": found,
-                "hits_in_pool": n_hits_pool,
-                "hit_ratio": found / n_hits_pool if n_hits_pool else float("nan"),
-            }
-        )
-    return pd.DataFrame(
-        rows, columns=["round", "n_tested", "hits_found", "hits_in_pool", "hit_ratio"]
-    )
+        row = {
+            "round": r,
+            "n_tested": tested,
+            "hits_found": found,
+            "hits_in_pool": n_hits_pool,
+            "hit_ratio": found / n_hits_pool if n_hits_pool else float("nan"),
+        }
+        for name, n_in in sets.items():
+            found_sets[name] += int(df[name].astype(bool).sum())
+            row[f"{name}_found"] = found_sets[name]
+            row[f"{name}_in_pool"] = n_in
+            row[f"{name}_ratio"] = found_sets[name] / n_in if n_in else float("nan")
+        rows.append(row)
+    cols = ["round", "n_tested", "hits_found", "hits_in_pool", "hit_ratio"]
+    cols += [f"{n}_{k}" for n in sets for k in ("found", "in_pool", "ratio")]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _write_round(
@@ -177,6 +247,7 @@ def _write_round(
     protocol: dict,
     log: str,
     config: LoopConfig,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     with atomic_output(_round_dir(out, r)) as tmp:
         tmp.mkdir(parents=True)
@@ -196,6 +267,8 @@ def _write_round(
         (tmp / "protocol.json").write_text(json.dumps(protocol, indent=1, default=str))
         (tmp / "protocol.log").write_text(log)
         table.to_csv(tmp / "results.csv", index=False)
+        if arrays:
+            np.savez_compressed(tmp / "responses.npz", allow_pickle=False, **dict(arrays))
 
 
 # Long only because of its docstring and signature; the body is under 80 lines.
@@ -210,6 +283,7 @@ def run_loop(
     resume: bool = False,
     stop_after: int | None = None,
     inputs: Mapping[str, str | Path | None] | None = None,
+    learner: Learner | None = None,
 ) -> LoopResult:
     """Run (or resume) a discovery loop on ``screen``; see the module docstring for the folder.
 
@@ -234,14 +308,28 @@ def run_loop(
         Stop after this many rounds are done (to test resuming, or to run a loop in pieces).
     inputs
         Input files to hash into the manifest (e.g. the screen and hit files).
+    learner
+        Per-round features from the read-outs so far (default: the response model for a
+        :class:`~lifelm.lab.perturbseq.PerturbScreen`, none otherwise); used when
+        ``"response"`` is among ``config.feature_sources``.
     """
+    from lifelm.lab.perturbseq import PerturbScreen, ResponseLearner, write_response_accuracy
+
     out = Path(out_dir)
     lab = lab if lab is not None else make_lab(screen, config)
+    if learner is None and isinstance(screen, PerturbScreen):
+        learner = ResponseLearner.for_screen(screen)
+    if "response" not in config.feature_sources:
+        learner = None
     genes = _check_pool(screen, pool, lab, config)
     feats = (features if features is not None else empty_features(genes)).select(
         config.feature_sources
     )
-    settings = dataclasses.asdict(config) | {
+    settings = {
+        k: v
+        for k, v in dataclasses.asdict(config).items()
+        if not (k in _NEW_SETTINGS and v == _NEW_SETTINGS[k])
+    } | {
         "screen_digest": screen.digest(),
         "features_digest": feats.digest(),
         "pool_digest": _digest(genes),
@@ -258,12 +346,18 @@ def run_loop(
         )
         frames = _load_done(out, config)
         pool_hits = len(screen.hits & set(genes))
+        pool_sets = {n: len(set(m) & set(genes)) for n, m in screen.hit_sets.items()}
         tested = {g for f in frames for g in f.gene}
+        if learner is not None:
+            learner.reset()
+            for r in range(len(frames)):
+                learner.observe(r, _learner_view(load_arrays(out, r), frames[r]))
         for r in range(len(frames), config.rounds):
             if stop_after is not None and r >= stop_after:
                 break
             obs = _observations(frames)
             remaining = [g for g in genes if g not in tested]
+            extra = _extra(learner, obs, remaining)
             sel = select_batch(
                 config.strategy,
                 pool=remaining,
@@ -275,6 +369,9 @@ def run_loop(
                 direction=screen.direction,
                 use_neighbours="neighbours" in config.feature_sources,
                 n_estimators=config.n_estimators,
+                surrogate=config.surrogate,
+                mc_samples=config.mc_samples,
+                extra=extra,
             )
             res = lab.run(r, sel.genes)
             table = res.table.copy()
@@ -284,21 +381,48 @@ def run_loop(
                 raise OutputError(f"round {r}: the lab returned missing or non-finite read-outs")
             table["round"] = r
             table["hit"] = table.gene.isin(screen.hits)
-            _write_round(out, r, sel, table, res.protocol, res.log, config)
+            for name, members in screen.hit_sets.items():
+                table[name] = table.gene.isin(members)
+            _write_round(out, r, sel, table, res.protocol, res.log, config, res.arrays)
             frames.append(table)
             tested |= set(sel.genes)
-            curve = _curve(frames, pool_hits)
+            if learner is not None:
+                learner.observe(r, _learner_view(res.arrays, table))
+            curve = _curve(frames, pool_hits, pool_sets)
             _write_state(out, config, curve, screen, lab)
         completed = len(frames) == config.rounds
-        curve = _curve(frames, pool_hits)
+        curve = _curve(frames, pool_hits, pool_sets)
         if frames:
             _write_state(out, config, curve, screen, lab)
+            if isinstance(screen, PerturbScreen):
+                write_response_accuracy(
+                    screen, out, [load_arrays(out, r) for r in range(len(frames))]
+                )
         ranking = None
         if completed:
-            ranking = _final_ranking(out, screen, genes, feats, frames, config)
+            ranking = _final_ranking(out, screen, genes, feats, frames, config, learner)
     batches = [list(f.gene.astype(str)) for f in frames]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return LoopResult(out, config, batches, results, curve, completed, ranking)
+
+
+def _learner_view(arrays: Mapping[str, np.ndarray], table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What a learner may see of a round: the lab's vector read-outs plus the tested genes and
+    their measured scores (``tested``, ``score``), never the hit labels."""
+    return {
+        **dict(arrays),
+        "tested": table.gene.astype(str).to_numpy(),
+        "score": table.score.to_numpy(float),
+    }
+
+
+def _extra(
+    learner: Learner | None, obs: Observations, pool: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    if learner is None or len(obs) == 0:
+        return None
+    x_train, x_pool, _names = learner.features(obs.genes, pool)
+    return x_train, x_pool
 
 
 def _write_state(
@@ -328,6 +452,7 @@ def _final_ranking(
     feats: GeneFeatures,
     frames: list[pd.DataFrame],
     config: LoopConfig,
+    learner: Learner | None = None,
 ) -> pd.DataFrame:
     """Evidence ranking of every pool gene after the last round (written to ranking.csv)."""
     from lifelm.lab.evidence import evidence_table
@@ -336,7 +461,7 @@ def _final_ranking(
     tested = set(obs.genes)
     remaining = [g for g in genes if g not in tested]
     pred = None
-    if remaining and feats.matrix.shape[1]:
+    if remaining and (feats.matrix.shape[1] or learner is not None):
         sel = select_batch(
             "greedy",
             pool=remaining,
@@ -348,6 +473,9 @@ def _final_ranking(
             direction=screen.direction,
             use_neighbours="neighbours" in config.feature_sources,
             n_estimators=config.n_estimators,
+            surrogate=config.surrogate,
+            mc_samples=config.mc_samples,
+            extra=_extra(learner, obs, remaining),
         )
         pred = pd.Series(sel.mean, index=sel.pool_genes)
     observed = pd.Series(effects(obs.scores, screen.direction), index=list(obs.genes))
@@ -378,9 +506,11 @@ def load_run(out_dir: str | Path) -> dict[str, Any]:
             }
         )
     ranking = pd.read_csv(out / "ranking.csv") if (out / "ranking.csv").is_file() else None
+    acc = out / "response_accuracy.csv"
     return {
         "state": state,
         "curve": pd.read_csv(out / "curve.csv"),
         "rounds": rounds,
         "ranking": ranking,
+        "response_accuracy": pd.read_csv(acc) if acc.is_file() else None,
     }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,8 @@ class Screen:
     source: str = ""
     hit_source: str = ""
     index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    # further sets to track beside the hits (e.g. Norman's synergistic pairs): name -> genes
+    hit_sets: Mapping[str, frozenset[str]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         genes = np.asarray(self.genes).astype(str)
@@ -75,6 +78,9 @@ class Screen:
             )
         if not self.hits:
             raise InputError(f"screen {self.name}: the hit list is empty; nothing to discover.")
+        for set_name, members in self.hit_sets.items():
+            if set(members) - set(self.index):
+                raise InputError(f"screen {self.name}: hit set {set_name!r} names unscreened genes")
 
     @property
     def n_genes(self) -> int:
@@ -91,6 +97,8 @@ class Screen:
             h.update(self.control_scores.tobytes())
         h.update("\0".join(sorted(self.hits)).encode())
         h.update(self.direction.encode())
+        for name in sorted(self.hit_sets):
+            h.update(f"\0{name}:".encode() + "\0".join(sorted(self.hit_sets[name])).encode())
         return h.hexdigest()
 
     def null(self) -> tuple[float, float]:

@@ -2,8 +2,16 @@
 
 Every strategy sees only :class:`Observations` (the genes it chose in earlier rounds and their
 measured scores), the gene features and the untested pool; never the screen. The model behind the
-model-driven strategies is a random-forest ensemble refitted every round on the observed effects;
-its trees' spread is the uncertainty.
+model-driven strategies (the *surrogate*) is refitted every round on the observed effects:
+
+* ``forest`` (default): a random-forest ensemble; its trees' spread is the uncertainty;
+* ``mc_dropout``: a small torch MLP (two hidden layers of 64, dropout 0.2) trained on the
+  standardised features; at prediction dropout stays on and ``T`` stochastic forward passes
+  (default 32) give the mean and the spread (Gal & Ghahramani 2016). Seeded by (seed, round), so
+  a resumed loop predicts exactly what an uninterrupted one does.
+
+Either way the model yields ``T`` samples per pool gene (trees or dropout passes): their mean is
+the prediction, their sd the uncertainty, and one sample is one Thompson draw.
 
 * ``random``: a uniform draw from the pool (the baseline every other strategy is shown next to);
 * ``greedy``: the highest predicted effect;
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +41,7 @@ from lifelm._core.errors import InputError
 from lifelm.lab.features import GeneFeatures
 
 STRATEGIES = ("random", "greedy", "uncertainty", "ucb_thompson", "diversity")
+SURROGATES = ("forest", "mc_dropout")
 N_NEIGHBOURS = 10
 
 
@@ -111,8 +121,11 @@ def _design(
     *,
     use_neighbours: bool,
     training: bool,
+    extra: np.ndarray | None = None,
 ) -> np.ndarray:
     X = features.align(genes)
+    if extra is not None and extra.shape[1]:
+        X = np.hstack([X, extra])
     if use_neighbours and len(obs):
         space = features.select(["coexpression", "embedding"])
         if space.matrix.shape[1]:
@@ -140,10 +153,19 @@ def select_batch(
     use_neighbours: bool = True,
     n_estimators: int = 64,
     beta: float = 1.0,
+    surrogate: str = "forest",
+    mc_samples: int = 32,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Selection:
-    """Choose ``batch_size`` genes from ``pool`` (see the module docstring)."""
+    """Choose ``batch_size`` genes from ``pool`` (see the module docstring).
+
+    ``extra`` holds per-round feature columns computed outside (e.g. the response model's
+    predicted effect in the Perturb-seq setting): ``(rows for obs.genes, rows for pool)``.
+    """
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if surrogate not in SURROGATES:
+        raise InputError(f"unknown surrogate {surrogate!r}; choose from {', '.join(SURROGATES)}")
     pool_arr = np.asarray(pool, dtype=str)
     n = len(pool_arr)
     if batch_size > n:
@@ -157,20 +179,21 @@ def select_batch(
         )
         return Selection([str(g) for g in pool_arr[pick]], pool_arr, nan, nan, nan, note)
 
-    from sklearn.ensemble import RandomForestRegressor
-
     eff = effects(obs.scores, direction, null=null)
-    X_train = _design(features, obs.genes, obs, eff, use_neighbours=use_neighbours, training=True)
-    X_pool = _design(features, pool_arr, obs, eff, use_neighbours=use_neighbours, training=False)
-    rf = RandomForestRegressor(
-        n_estimators=n_estimators,
-        min_samples_leaf=3,
-        max_features=0.5,
-        random_state=int(np.random.default_rng([seed, round_index, 2]).integers(2**31 - 1)),
-        n_jobs=1,
+    ex_train, ex_pool = extra if extra is not None else (None, None)
+    X_train = _design(
+        features, obs.genes, obs, eff, use_neighbours=use_neighbours, training=True, extra=ex_train
     )
-    rf.fit(X_train, eff)
-    per_tree = np.stack([t.predict(X_pool) for t in rf.estimators_])  # (T, n)
+    X_pool = _design(
+        features, pool_arr, obs, eff, use_neighbours=use_neighbours, training=False, extra=ex_pool
+    )
+    model_seed = int(np.random.default_rng([seed, round_index, 2]).integers(2**31 - 1))
+    if surrogate == "forest":
+        per_tree = forest_samples(X_train, eff, X_pool, n_estimators=n_estimators, seed=model_seed)
+        model_note = f"random forest ({n_estimators} trees)"
+    else:
+        per_tree = mc_dropout_samples(X_train, eff, X_pool, n_samples=mc_samples, seed=model_seed)
+        model_note = f"MC-dropout MLP ({mc_samples} passes)"
     mean, sd = per_tree.mean(axis=0), per_tree.std(axis=0)
     rng = np.random.default_rng([seed, round_index, 3])
     jitter = rng.uniform(0, 1e-9, n)  # random tie-breaking, never pool order
@@ -217,5 +240,97 @@ def select_batch(
                 chosen.append(int(j))
                 in_batch.add(int(j))
         pick = np.asarray(chosen[:batch_size])
-    note = f"random forest ({n_estimators} trees) on {X_train.shape[1]} features, {len(obs)} observations"
+    note = f"{model_note} on {X_train.shape[1]} features, {len(obs)} observations"
     return Selection([str(g) for g in pool_arr[pick]], pool_arr, mean, sd, acq, note)
+
+
+def forest_samples(
+    X_train: np.ndarray, y: np.ndarray, X_pool: np.ndarray, *, n_estimators: int, seed: int
+) -> np.ndarray:
+    """(trees, pool) predictions of a random forest fitted on ``(X_train, y)``."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    rf = RandomForestRegressor(
+        n_estimators=n_estimators, min_samples_leaf=3, max_features=0.5, random_state=seed, n_jobs=1
+    )
+    rf.fit(X_train, y)
+    return np.stack([t.predict(X_pool) for t in rf.estimators_])
+
+
+def mc_dropout_samples(
+    X_train: np.ndarray,
+    y: np.ndarray,
+    X_pool: np.ndarray,
+    *,
+    n_samples: int = 32,
+    seed: int = 0,
+    hidden: int = 64,
+    dropout: float = 0.2,
+    epochs: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+) -> np.ndarray:
+    """(n_samples, pool) predictions of an MLP with dropout kept on at prediction (MC-dropout).
+
+    Features and target are standardised on the training rows; full-batch Adam; everything is
+    drawn from a torch generator forked from ``seed``, so the global RNG is left untouched and
+    the same seed gives the same samples.
+    """
+    import torch
+
+    if n_samples < 2:
+        raise InputError(f"MC-dropout needs at least 2 samples (got {n_samples})")
+    mu, sd = X_train.mean(axis=0), X_train.std(axis=0) + 1e-9
+    y_mu, y_sd = float(y.mean()), float(y.std()) or 1.0
+    xt = torch.tensor((X_train - mu) / sd, dtype=torch.float32)
+    yt = torch.tensor((y - y_mu) / y_sd, dtype=torch.float32)[:, None]
+    xp = torch.tensor((X_pool - mu) / sd, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    # a net this small gains nothing from threads, and on a busy machine they cost 10-20x
+    torch.set_num_threads(1)
+    try:
+        return (
+            _mc_dropout(xt, yt, xp, n_samples, seed, hidden, dropout, epochs, lr, weight_decay)
+            * y_sd
+            + y_mu
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _mc_dropout(
+    xt: Any,
+    yt: Any,
+    xp: Any,
+    n_samples: int,
+    seed: int,
+    hidden: int,
+    dropout: float,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+) -> np.ndarray:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(xt.shape[1], hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, 1),
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+        net.train()
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(net(xt), yt)
+            loss.backward()
+            opt.step()
+        net.train()  # dropout stays on: each pass is one sample of the approximate posterior
+        with torch.no_grad():
+            out = torch.stack([net(xp)[:, 0] for _ in range(n_samples)])
+    return out.numpy().astype(np.float64)

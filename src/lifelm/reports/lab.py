@@ -1,5 +1,7 @@
 """HTML report of lab-in-the-loop runs: discovery curves per strategy, genes found per round,
-the protocol of each round, and the final ranking with its evidence columns."""
+the protocol of each round, and the final ranking with its evidence columns; in the Perturb-seq
+setting also the further hit sets (synergistic pairs) and the response model's accuracy on the
+untested pool after each round."""
 
 from __future__ import annotations
 
@@ -33,6 +35,11 @@ def _runs(folder: Path) -> dict[str, Path]:
     return runs
 
 
+def first_curve_columns(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Curve columns of the first run (all runs of one folder share them)."""
+    return list(next(iter(runs.values()))["curve"].columns)
+
+
 def _table(df: pd.DataFrame, max_rows: int = 30) -> str:
     return df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0)
 
@@ -52,7 +59,7 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
     for name, run in runs.items():
         c = run["curve"]
         ax.plot(c.n_tested, 100 * c.hit_ratio, marker="o", label=name)
-    ax.set_xlabel("genes tested")
+    ax.set_xlabel("perturbations tested")
     ax.set_ylabel("hits found (% of the screen's hits in the pool)")
     ax.set_title("Discovery curves")
     ax.legend()
@@ -75,6 +82,35 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
         [r["curve"].assign(strategy=n) for n, r in runs.items()], ignore_index=True
     ).pivot(index="round", columns="strategy", values="hit_ratio")
     parts.append(_table(summary.reset_index()))
+    extra_sets = [
+        c.removesuffix("_ratio")
+        for c in first_curve_columns(runs)
+        if c.endswith("_ratio") and c != "hit_ratio"
+    ]
+    for name in extra_sets:
+        parts.append(f"<h2>{html.escape(name)}: share found after each round</h2>")
+        t = pd.concat(
+            [r["curve"].assign(strategy=n) for n, r in runs.items()], ignore_index=True
+        ).pivot(index="round", columns="strategy", values=f"{name}_ratio")
+        parts.append(_table(t.reset_index()))
+    accs = {
+        n: r["response_accuracy"] for n, r in runs.items() if r.get("response_accuracy") is not None
+    }
+    if accs:
+        parts.append(
+            "<h2>Response model on the untested pool</h2><p>After each round the response "
+            "models are refitted on the read-outs of the tested perturbations and scored on the "
+            "untested ones against the full data: mean Pearson of the predicted and measured "
+            "expression shifts over all genes (and over the top-20 DE genes). "
+            "<code>mean_shift</code> is the baseline (the mean of the tested shifts); "
+            "<code>lab_model</code> is additive where both singles of a pair were tested, "
+            "else linear.</p>"
+        )
+        for n, acc in accs.items():
+            if len(acc):
+                wide = acc.pivot(index=["round", "n_tested"], columns="method", values="pearson")
+                parts.append(f"<h3>{html.escape(n)}: Pearson (delta)</h3>")
+                parts.append(_table(wide.reset_index()))
     for name, run in runs.items():
         parts.append(f"<h2>Strategy: {html.escape(name)}</h2>")
         rows = []
