@@ -23,7 +23,14 @@ N_LAYERS = 3
 
 
 def write_geneformer(
-    folder: Path, adata, *, version: str, max_position: int, seed: int = 0
+    folder: Path,
+    adata,
+    *,
+    version: str,
+    max_position: int,
+    seed: int = 0,
+    hidden: int = 16,
+    scale: float = 0.3,
 ) -> None:
     """A Geneformer-layout folder: HF weights + token / median / mapping pickles."""
     rng = np.random.default_rng(seed)
@@ -45,10 +52,10 @@ def write_geneformer(
         (folder / f"{stem}{suffix}.pkl").write_bytes(pickle.dumps(obj))
     cfg = transformers.BertConfig(
         vocab_size=len(token_dict),
-        hidden_size=16,
+        hidden_size=hidden,
         num_hidden_layers=N_LAYERS,
         num_attention_heads=2,
-        intermediate_size=32,
+        intermediate_size=2 * hidden,
         max_position_embeddings=max_position,
         hidden_act="relu" if version == "V1" else "gelu",
         hidden_dropout_prob=0.0,
@@ -59,7 +66,7 @@ def write_geneformer(
     hf = transformers.BertForMaskedLM(cfg)
     with torch.no_grad():  # weights far from init, LayerNorms included, so every path matters
         for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
+            p.add_(torch.randn_like(p) * scale)
     hf.save_pretrained(folder)
 
 

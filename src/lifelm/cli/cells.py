@@ -17,15 +17,21 @@ import typer
 from lifelm.cli import cells_import, cells_perturb, corpus
 from lifelm.cli.options import (
     BATCH_SIZE,
+    COMPILE,
+    CPU_JOBS,
     DEVICE,
     H5AD,
     LAYER,
     LR,
     MODEL,
+    PRECISION,
+    QUANTIZE,
     RESUME,
     SEED,
     STEPS,
     Device,
+    Precision,
+    Quantize,
 )
 
 app = typer.Typer(
@@ -43,21 +49,6 @@ class Strategy(StrEnum):
     auto = "auto"
     ddp = "ddp"
     fsdp = "fsdp"
-
-
-class Quantize(StrEnum):
-    """Weight quantisation for CPU inference."""
-
-    none = "none"
-    int8 = "int8"
-
-
-class Precision(StrEnum):
-    """Compute precision for inference."""
-
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 class AnnotateMethod(StrEnum):
@@ -185,18 +176,10 @@ def embed(
     key_added: Annotated[str, typer.Option(help="Name of the .obsm entry.")] = "X_lifelm",
     layer: LAYER = None,
     device: DEVICE = Device.auto,
-    quantize: Annotated[
-        Quantize, typer.Option(help="int8: dynamic int8 linear layers (CPU; lossy, measured).")
-    ] = Quantize.none,
-    compile_: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the forward (compiles first).")
-    ] = False,
-    precision: Annotated[
-        Precision, typer.Option(help="bf16 on CPU needs AVX-512 BF16/AMX (else fp32, said).")
-    ] = Precision.auto,
-    jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, help="Worker processes pinned to disjoint cores.")
-    ] = 1,
+    quantize: QUANTIZE = Quantize.none,
+    compile_: COMPILE = False,
+    precision: PRECISION = Precision.auto,
+    jobs: CPU_JOBS = 1,
 ) -> None:
     """Embed every cell with a pretrained model and write the AnnData with .obsm[KEY]."""
     from lifelm._core.errors import naming

@@ -12,7 +12,21 @@ from typing import Annotated
 
 import typer
 
-from lifelm.cli.options import DEVICE, H5AD, LAYER, MODEL, RESUME, SEED, Device
+from lifelm.cli.options import (
+    COMPILE,
+    CPU_JOBS,
+    DEVICE,
+    H5AD,
+    LAYER,
+    MODEL,
+    PRECISION,
+    QUANTIZE,
+    RESUME,
+    SEED,
+    Device,
+    Precision,
+    Quantize,
+)
 
 
 class Kind(StrEnum):
@@ -102,8 +116,17 @@ def perturb(
     layer: LAYER = None,
     max_tokens: MAX_TOKENS = 32_768,
     device: DEVICE = Device.auto,
+    quantize: QUANTIZE = Quantize.none,
+    compile_: COMPILE = False,
+    precision: PRECISION = Precision.auto,
+    jobs: CPU_JOBS = 1,
 ) -> None:
-    """Perturb genes in every cell and write per-gene shifts (perturb_genes.tsv) to --out."""
+    """Perturb genes in every cell and write per-gene shifts (perturb_genes.tsv) to --out.
+
+    The CPU techniques (--quantize, --precision, --compile, -j) are embed's, applied to the exact
+    scan; the run's settings record which ran.
+    """
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques
     from lifelm.tasks.cells.folders import PerturbRun, perturb_to_folder
 
     info = perturb_to_folder(
@@ -122,6 +145,9 @@ def perturb(
             layer=layer,
             max_tokens=max_tokens,
             device=device.value,
+            techniques=CpuTechniques(
+                quantize=quantize.value, compile=compile_, precision=precision.value, jobs=jobs
+            ),
         ),
     )
     typer.echo(
@@ -197,12 +223,17 @@ def targets(
     layer: LAYER = None,
     max_tokens: MAX_TOKENS = 32_768,
     device: DEVICE = Device.auto,
+    quantize: QUANTIZE = Quantize.none,
+    compile_: COMPILE = False,
+    precision: PRECISION = Precision.auto,
+    jobs: CPU_JOBS = 1,
 ) -> None:
     """Rank genes whose perturbation moves start cells toward the goal state, next to a DE ranking.
 
     Writes targets.tsv and report.html to --out. p-values come from a label-permutation test over
     donors (--donor-key) or cell pseudo-replicates; FDR is Benjamini-Hochberg.
     """
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques
     from lifelm.tasks.cells.folders import TargetsRun, targets_to_folder
 
     res = targets_to_folder(
@@ -229,6 +260,9 @@ def targets(
             layer=layer,
             max_tokens=max_tokens,
             device=device.value,
+            techniques=CpuTechniques(
+                quantize=quantize.value, compile=compile_, precision=precision.value, jobs=jobs
+            ),
         ),
         resume=resume,
     )

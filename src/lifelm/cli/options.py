@@ -2,7 +2,8 @@
 
 Every command spells the same thing the same way: ``-m/--model`` a checkpoint folder,
 ``-o/--out`` the output, ``--device``, ``--layer``, ``-j/--jobs``, ``--seed``, ``--steps``,
-``--json``, ``--resume``. Choices are ``Enum``/``Literal`` so ``--help`` lists them and typer
+``--json``, ``--resume``; the CPU techniques of cell inference (``--quantize``, ``--precision``,
+``--compile``, ``-j/--jobs``) are spelled once here for ``embed``, ``perturb`` and ``targets``. Choices are ``Enum``/``Literal`` so ``--help`` lists them and typer
 refuses anything else before a command runs.
 """
 
@@ -21,6 +22,21 @@ class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Quantize(StrEnum):
+    """Weight quantisation for CPU inference."""
+
+    none = "none"
+    int8 = "int8"
+
+
+class Precision(StrEnum):
+    """Compute precision for inference."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 H5AD = Annotated[
@@ -78,4 +94,17 @@ RESUME = Annotated[
         help="Continue the run in --out from its last checkpoint after a kill "
         "(refused if the inputs or settings differ).",
     ),
+]
+# CPU techniques of cell inference (lifelm.tasks.cells.cpu_techniques): embed, perturb, targets
+QUANTIZE = Annotated[
+    Quantize, typer.Option(help="int8: dynamic int8 linear layers (CPU; lossy, measured).")
+]
+COMPILE = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the forward (compiles first).")
+]
+PRECISION = Annotated[
+    Precision, typer.Option(help="bf16 on CPU needs AVX-512 BF16/AMX (else fp32, said).")
+]
+CPU_JOBS = Annotated[
+    int, typer.Option("--jobs", "-j", min=1, help="Worker processes pinned to disjoint cores.")
 ]

@@ -1,4 +1,4 @@
-"""CPU inference techniques for cell embedding, each switchable on its own.
+"""CPU inference techniques for cell embedding and in-silico perturbation, each switchable on its own.
 
 - ``quantize="int8"``: dynamic int8 quantisation of every ``nn.Linear``
   (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantised per batch).
@@ -13,7 +13,10 @@
   batches are the ones a single process makes, so every cell's embedding is computed the same way.
 
 :func:`resolve` turns the request into what will run (and notes why anything was dropped);
-:func:`embed_fn` returns the forward to call; :func:`embed_parallel` runs the workers.
+:func:`prepare` and :func:`technique_fn` apply the techniques to a network and its forward
+(:func:`embed_fn` for embedding; the in-silico scan of ``lifelm cells perturb|targets`` uses the
+same two); :func:`run_pinned` runs work items in pinned worker processes (embedding batches in
+:func:`embed_parallel`, groups of cells in the scan).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import queue
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -47,7 +50,7 @@ _Net = TypeVar("_Net", bound=nn.Module)
 
 @dataclass(frozen=True)
 class CpuTechniques:
-    """Which CPU techniques an embedding run uses (all off = plain fp32, one process)."""
+    """Which CPU techniques an embedding or perturbation run uses (all off = fp32, one process)."""
 
     quantize: str = "none"  # none | int8
     compile: bool = False
@@ -66,6 +69,19 @@ class CpuTechniques:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def result_settings(self) -> dict[str, str]:
+        """The techniques that change the numbers (int8, bf16), for a run's manifest.
+
+        ``compile`` and ``jobs`` give the same results and are left out, so a resumed run may
+        change them; nothing is returned when none is on, so older manifests still match.
+        """
+        out = {}
+        if self.quantize != "none":
+            out["cpu_quantize"] = self.quantize
+        if self.precision == "bf16":
+            out["cpu_precision"] = self.precision
+        return out
 
 
 def cpu_bf16_support() -> tuple[bool, str]:
@@ -91,6 +107,7 @@ def resolve(request: CpuTechniques, device: torch.device) -> tuple[CpuTechniques
     if device.type != "cpu":
         if request.quantize != "none" or request.jobs > 1:
             notes.append(f"int8 and multi-process are CPU techniques; ignored on {device.type}")
+            log.warning("%s", notes[-1])
         return replace(request, quantize="none", jobs=1), notes
     out = request
     if request.precision == "bf16":
@@ -123,35 +140,60 @@ def quantize_int8(network: _Net) -> _Net:
         )
 
 
-def embed_fn(
-    trunk: CellTransformer | BertEncoder, tech: CpuTechniques, device: torch.device
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The forward ``ids -> (B, D)`` embedding with the techniques of ``tech`` applied."""
-    model = quantize_int8(trunk) if tech.quantize == "int8" else trunk
-    amp = torch.bfloat16 if tech.precision == "bf16" else None
+def amp_dtype(tech: CpuTechniques, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``tech`` on ``device`` (``auto`` = bf16 on a GPU that has it)."""
+    if tech.precision == "bf16":
+        return torch.bfloat16
     if tech.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        amp = torch.bfloat16
+        return torch.bfloat16
+    return None
 
-    def eager(ids: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            return model.embed(ids, ids.ne(0))
 
-    if not tech.compile:
-        return eager
-    compiled = torch.compile(eager, dynamic=True)
-    state = {"fn": compiled}
+def compiled(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile(fn)`` (dynamic shapes) that falls back to ``fn`` with a warning on failure."""
+    state = {"fn": torch.compile(fn, dynamic=True)}
 
     def guarded(ids: torch.Tensor) -> torch.Tensor:
         try:
             return state["fn"](ids)
         except Exception as err:
-            if state["fn"] is eager:
+            if state["fn"] is fn:
                 raise
             log.warning("torch.compile failed (%s); running eager", str(err).splitlines()[0][:200])
-            state["fn"] = eager
-            return eager(ids)
+            state["fn"] = fn
+            return fn(ids)
 
     return guarded
+
+
+def prepare(trunk: _Net, tech: CpuTechniques) -> _Net:
+    """The network the techniques run: an int8 copy of ``trunk`` with ``quantize="int8"``, else it."""
+    return quantize_int8(trunk) if tech.quantize == "int8" else trunk
+
+
+def technique_fn(
+    fn: Callable[[torch.Tensor], torch.Tensor], tech: CpuTechniques, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` (a forward of a :func:`prepare`-d network) under the precision and compile of ``tech``.
+
+    Embedding (:func:`embed_fn`) and the in-silico scan (``perturb.scan``) both wrap their
+    forward with this, so a technique means the same thing in every command.
+    """
+    amp = amp_dtype(tech, device)
+
+    def eager(ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return fn(ids)
+
+    return compiled(eager) if tech.compile else eager
+
+
+def embed_fn(
+    trunk: CellTransformer | BertEncoder, tech: CpuTechniques, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward ``ids -> (B, D)`` embedding with the techniques of ``tech`` applied."""
+    model = prepare(trunk, tech)
+    return technique_fn(lambda ids: model.embed(ids, ids.ne(0)), tech, device)
 
 
 # ------------------------------------------------------------------ multi-process
@@ -172,10 +214,8 @@ def _split_cores(jobs: int) -> list[list[int]]:
 def _worker(
     rank: int,
     cores: list[int],
-    trunk: CellTransformer | BertEncoder,
-    tech: CpuTechniques,
-    cells: list[np.ndarray],
-    max_length: int,
+    setup: Callable[[Any], Callable[[Any], Any]],
+    shared: Any,
     tasks: Queue[Any],
     results: Queue[Any],
 ) -> None:  # pragma: no cover - runs in a child process
@@ -183,16 +223,69 @@ def _worker(
         if hasattr(os, "sched_setaffinity"):  # pinning is Linux-only; elsewhere threads only
             os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))
-        from lifelm.data.cells.datasets import pad_cells
-
-        fn = embed_fn(trunk, tech, torch.device("cpu"))
+        work = setup(shared)
         with torch.inference_mode():
             while (item := tasks.get()) is not None:
-                b, idx = item
-                ids = pad_cells([cells[i] for i in idx], max_length)
-                results.put((b, fn(ids).float().numpy()))
+                k, payload = item
+                results.put((k, work(payload)))
     except BaseException:
         results.put(("error", f"worker {rank}: {traceback.format_exc()}"))
+
+
+def run_pinned(
+    setup: Callable[[Any], Callable[[Any], Any]],
+    shared: Any,
+    items: Sequence[Any],
+    jobs: int,
+) -> Iterator[tuple[int, Any]]:
+    """Run ``setup(shared)(item)`` for every item in ``jobs`` worker processes pinned to cores.
+
+    ``setup`` (a module-level function, so ``spawn`` can pickle it) runs once per worker and
+    returns the work function (e.g. builds the int8 copy there). Items are queued in the order
+    given (put the slow ones first); ``(index, result)`` pairs are yielded as they finish, so a
+    caller can write each result at once. A worker's exception is raised here with its traceback.
+    """
+    ctx = torch.multiprocessing.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for k, item in enumerate(items):
+        tasks.put((k, item))
+    blocks = _split_cores(jobs)
+    for _ in blocks:
+        tasks.put(None)
+    procs = [
+        ctx.Process(target=_worker, args=(r, cores, setup, shared, tasks, results), daemon=True)
+        for r, cores in enumerate(blocks)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for _ in range(len(items)):
+            while True:
+                try:
+                    k, res = results.get(timeout=5)
+                    break
+                except queue.Empty:
+                    dead = [p for p in procs if p.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(
+                            f"worker process died (exit code {dead[0].exitcode})"
+                        ) from None
+            if k == "error":
+                raise RuntimeError(res)
+            yield int(k), res
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
+def _embed_setup(shared: Any) -> Callable[[Any], Any]:  # pragma: no cover - child process
+    from lifelm.data.cells.datasets import pad_cells
+
+    trunk, tech, cells, max_length = shared
+    fn = embed_fn(trunk, tech, torch.device("cpu"))
+    return lambda idx: fn(pad_cells([cells[i] for i in idx], max_length)).float().numpy()
 
 
 def embed_parallel(
@@ -206,46 +299,10 @@ def embed_parallel(
 
     Returns one (len(batch), D) array per batch, in the order of ``batches``.
     """
-    ctx = torch.multiprocessing.get_context("spawn")
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for b, idx in enumerate(batches):  # longest first: the slow batches start first
-        tasks.put((b, np.asarray(idx)))
-    blocks = _split_cores(tech.jobs)
-    for _ in blocks:
-        tasks.put(None)
-    one = replace(tech, jobs=1)
-    procs = [
-        ctx.Process(
-            target=_worker,
-            args=(r, cores, trunk, one, cells, max_length, tasks, results),
-            daemon=True,
-        )
-        for r, cores in enumerate(blocks)
-    ]
-    for p in procs:
-        p.start()
+    shared = (trunk, replace(tech, jobs=1), cells, max_length)
     out: list[np.ndarray | None] = [None] * len(batches)
-    try:
-        got = 0
-        while got < len(batches):
-            try:
-                b, emb = results.get(timeout=5)
-            except queue.Empty:
-                dead = [p for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"embedding worker died (exit code {dead[0].exitcode})"
-                    ) from None
-                continue
-            if b == "error":
-                raise RuntimeError(emb)
-            out[b] = emb
-            got += 1
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
+    for b, emb in run_pinned(_embed_setup, shared, [np.asarray(i) for i in batches], tech.jobs):
+        out[b] = emb
     done = [emb for emb in out if emb is not None]
     if len(done) != len(out):  # every batch was counted once above; guard against a lost one
         raise RuntimeError(f"embedding workers returned {len(done)} of {len(out)} batches")

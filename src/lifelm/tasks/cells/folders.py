@@ -7,7 +7,7 @@ and the settings is written (and checked on ``resume``), and every file lands at
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
@@ -17,6 +17,7 @@ from lifelm._core.choices import one_of
 from lifelm._core.errors import OutputError
 from lifelm._core.runfolder import atomic_output, check_output_path, ensure_manifest, lock_folder
 from lifelm.data.cells.perturb_ops import Kind
+from lifelm.tasks.cells.cpu_techniques import CpuTechniques
 
 
 def parse_genes(genes: str | None) -> list[str] | None:
@@ -44,6 +45,7 @@ class PerturbRun:
     layer: str | None = None
     max_tokens: int = 32_768
     device: str = "auto"
+    techniques: CpuTechniques = field(default_factory=CpuTechniques)  # int8, bf16, compile, -j
 
 
 def perturb_to_folder(
@@ -66,7 +68,7 @@ def perturb_to_folder(
         layer=run.layer, method=one_of(run.method, ("exact", "screen"), what="method"),
         screen=one_of(run.screen, ("gradient", "rank"), what="screen"), top=run.top,
         max_tokens=run.max_tokens, gene_shifts=run.gene_shifts, out_dir=out / "scan",
-        device=run.device,
+        device=run.device, techniques=run.techniques,
     )  # fmt: skip
     res = adata.uns["lifelm_perturb"]
     with atomic_output(out / "perturb_genes.tsv") as tmp:
@@ -100,6 +102,8 @@ class TargetsRun:
     layer: str | None = None
     max_tokens: int = 32_768  # memory only; not part of the manifest
     device: str = "auto"  # not part of the manifest
+    # CPU techniques, as embed; only those that change the numbers (int8, bf16) enter the manifest
+    techniques: CpuTechniques = field(default_factory=CpuTechniques)
 
 
 def targets_to_folder(
@@ -115,7 +119,9 @@ def targets_to_folder(
     from lifelm.tasks.cells.targets import rank_targets, write_targets
 
     out, model = check_output_path(out, kind="folder"), Path(model)
-    settings = {k: v for k, v in asdict(run).items() if k not in ("max_tokens", "device")}
+    skip = ("max_tokens", "device", "techniques")
+    settings = {k: v for k, v in asdict(run).items() if k not in skip}
+    settings.update(run.techniques.result_settings())
     settings["genes"] = parse_genes(run.genes)
     inputs = {
         "data": data,
@@ -138,6 +144,7 @@ def targets_to_folder(
             min_detection=run.min_detection, max_candidates=run.max_candidates, n_null=run.n_null,
             n_permutations=run.n_permutations, pairs_top=run.pairs_top, layer=run.layer,
             max_tokens=run.max_tokens, out_dir=out / "scan", seed=run.seed, device=run.device,
+            techniques=run.techniques,
         )  # fmt: skip
         res = adata.uns["lifelm_targets"]
         write_targets(res, out / "targets.tsv")

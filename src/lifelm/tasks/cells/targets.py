@@ -71,6 +71,7 @@ from lifelm._core.errors import InputError
 from lifelm._core.runtime import get_logger
 from lifelm.data.cells.perturb_ops import Kind
 from lifelm.data.cells.tokenizer import N_SPECIAL, TokenizedCells
+from lifelm.tasks.cells.cpu_techniques import CpuTechniques
 from lifelm.tasks.cells.de import (
     Design,
     TooFewReplicatesError,
@@ -292,6 +293,7 @@ def _search(
     out_dir: str | Path | None,
     seed: int,
     progress: bool,
+    techniques: CpuTechniques | None = None,
 ) -> dict:
     """The search on one set of cells (all cells, or one group of ``groupby``)."""
     rng = np.random.default_rng(seed)
@@ -344,7 +346,13 @@ def _search(
     G = len(cand)
     scan_idx = _sample_scan(design, n_cells, rng)
     scan_cells_ = cells.subset(scan_idx)
-    cfg = ScanConfig(kind=kind, fraction=fraction, max_tokens=max_tokens, keep_embeddings=True)
+    cfg = ScanConfig(
+        kind=kind,
+        fraction=fraction,
+        max_tokens=max_tokens,
+        keep_embeddings=True,
+        techniques=techniques or CpuTechniques(),
+    )
     res = scan_cells(
         cm, scan_cells_, single_targets(cand), config=cfg, out_dir=out_dir, progress=progress
     )
@@ -506,6 +514,7 @@ def rank_targets(
     out_dir: str | Path | None = None,
     seed: int = 0,
     device: str = "auto",
+    techniques: CpuTechniques | None = None,
     key_added: str = "lifelm_targets",
     copy: bool = False,
     progress: bool = True,
@@ -555,6 +564,11 @@ def rank_targets(
         Score all pairs of the top ``pairs_top`` genes as combinations (0 = none).
     layer, max_tokens, device
         Counts location, batch budget, device.
+    techniques
+        CPU techniques of the in-silico scan (int8, bf16, compile, pinned worker processes; see
+        :mod:`lifelm.tasks.cells.cpu_techniques`), as for embedding. The state embeddings that
+        set the start -> goal axis stay fp32; each shift is taken against the original cell
+        embedded with the same techniques.
     out_dir
         Scan folder (resumable; one sub-folder per group with ``groupby``).
     seed
@@ -626,7 +640,7 @@ def rank_targets(
                 max_candidates=max_candidates, n_null=n_null, n_bins=n_bins,
                 n_permutations=n_permutations, n_pseudo=n_pseudo,
                 min_unit_cells=min_unit_cells, layer=layer, max_tokens=max_tokens,
-                out_dir=sub_out, seed=seed, progress=progress,
+                out_dir=sub_out, seed=seed, progress=progress, techniques=techniques,
             )  # fmt: skip
         except (TooFewReplicatesError, StateLabelError) as e:
             if g is None:

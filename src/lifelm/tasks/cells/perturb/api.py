@@ -15,6 +15,7 @@ import pandas as pd
 from lifelm.data.cells.genes import gene_table
 from lifelm.data.cells.perturb_ops import Kind
 from lifelm.data.cells.tokenizer import N_SPECIAL
+from lifelm.tasks.cells.cpu_techniques import CpuTechniques
 from lifelm.tasks.cells.embed import as_cell_model
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.perturb.scan import ScanConfig, scan_cells
@@ -109,6 +110,7 @@ def perturb(
     gene_shifts: bool = False,
     out_dir: str | Path | None = None,
     device: str = "auto",
+    techniques: CpuTechniques | None = None,
     key_added: str = "lifelm_perturb",
     copy: bool = False,
     progress: bool = True,
@@ -146,6 +148,10 @@ def perturb(
         Folder for per-cell results; a re-run resumes after the finished cells.
     device
         ``auto``, ``cpu`` or ``cuda``.
+    techniques
+        CPU techniques of the exact scan (int8, bf16, compile, pinned worker processes; see
+        :mod:`lifelm.tasks.cells.cpu_techniques`), as for embedding. The gradient screen itself
+        runs in fp32; the techniques apply to the exact recomputation.
     key_added
         Keys written.
     copy
@@ -163,7 +169,13 @@ def perturb(
         adata = adata.to_memory() if adata.isbacked else adata.copy()
     cells = cm.tokenizer.encode(adata, layer=layer)
     targets = resolve_genes(cm, genes) if genes is not None else None
-    cfg = ScanConfig(kind=kind, fraction=fraction, max_tokens=max_tokens, gene_shifts=gene_shifts)
+    cfg = ScanConfig(
+        kind=kind,
+        fraction=fraction,
+        max_tokens=max_tokens,
+        gene_shifts=gene_shifts,
+        techniques=techniques or CpuTechniques(),
+    )
     if method == "screen":
         if targets is not None:
             raise ValueError("method='screen' scans every expressed gene; drop genes= or use exact")
@@ -177,8 +189,10 @@ def perturb(
         np.fmax.at(max_shift, res.cell, res.shift)
     adata.obs[f"{key_added}_max_shift"] = max_shift
     table = summarize(res, cm)
-    uns = {"genes": table, "info": {k: v for k, v in res.info.items() if k != "settings"}}
+    skip = ("settings", "techniques")  # nested: kept as JSON text (h5ad-writable)
+    uns = {"genes": table, "info": {k: v for k, v in res.info.items() if k not in skip}}
     uns["info"]["settings"] = json.dumps(res.info.get("settings", {}))
+    uns["info"]["techniques"] = json.dumps(res.info.get("techniques", {}))
     if gene_shifts and len(table):
         top_target = int(pd.Series(res.target).value_counts().index[0])
         uns["responders"] = responders(res, cm, top_target)
@@ -192,5 +206,6 @@ def perturb(
         "settings": uns["info"]["settings"],
         "n_cells": int(adata.n_obs),
         "out_dir": str(out_dir) if out_dir is not None else "",
+        "techniques": uns["info"]["techniques"],
     }
     return adata if copy else None

@@ -15,8 +15,8 @@ perturbed rows, batches) and :func:`scan_cells` (groups, progress, the folder).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -39,6 +39,13 @@ from lifelm.data.cells.perturb_ops import (
 from lifelm.data.cells.tokenizer import CLS, N_SPECIAL, PAD, TokenizedCells
 from lifelm.models.bert_encoder import BertEncoder
 from lifelm.models.cell_transformer import CellTransformer
+from lifelm.tasks.cells.cpu_techniques import (
+    CpuTechniques,
+    prepare,
+    resolve,
+    run_pinned,
+    technique_fn,
+)
 from lifelm.tasks.cells.model_io import CellModel
 from lifelm.tasks.cells.perturb.store import (
     ScanResult,
@@ -65,6 +72,9 @@ class ScanConfig:
     gene_shifts: bool = False  # also the cosine shift of every other gene's embedding
     keep_embeddings: bool = False  # keep each perturbed cell embedding (needed for targets)
     precision: Precision = "auto"  # auto = bf16 on a GPU that has it, fp32 on CPU
+    # CPU techniques (int8, bf16, compile, pinned workers; lifelm.tasks.cells.cpu_techniques),
+    # the same switches as embedding; a precision set here overrides ``precision`` above
+    techniques: CpuTechniques = field(default_factory=CpuTechniques)
 
 
 def single_targets(tokens: Sequence[int] | np.ndarray) -> list[tuple[int, ...]]:
@@ -105,6 +115,10 @@ class ScanPlan:
     amp: torch.dtype | None  # autocast dtype of the trunk, None = fp32
     device: torch.device
     cell_targets: Sequence[np.ndarray] | None = None  # per cell: the only ids to scan there
+    techniques: CpuTechniques = field(default_factory=CpuTechniques)  # as resolved
+    technique_notes: tuple[str, ...] = ()  # why a requested technique was dropped
+    # hidden states (B, T, D) of ids: the trunk's encode under the techniques (set by _prepare)
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def max_genes(self) -> int:
@@ -198,19 +212,33 @@ def _with_cls(tokens: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _forward(
-    trunk: CellTransformer | BertEncoder, ids: torch.Tensor, amp: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(plan: ScanPlan) -> ScanPlan:
+    """The plan with its techniques applied: the (int8) network and its (bf16, compiled) encode.
+
+    Runs in the process that scans (in each worker with ``jobs > 1``), so no quantised network
+    is pickled.
+    """
+    if plan.encode is not None:
+        return plan
+    trunk = prepare(plan.trunk, plan.techniques)
+    tech = plan.techniques
+    if tech.precision == "auto":  # the scan's own precision (bf16 on a GPU that has it)
+        tech = replace(tech, precision="bf16" if plan.amp == torch.bfloat16 else "fp32")
+    encode = technique_fn(lambda ids: trunk.encode(ids, ids.ne(PAD)), tech, plan.device)
+    return replace(plan, trunk=trunk, encode=encode)
+
+
+def _forward(plan: ScanPlan, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states (B, T, D) and pooled embeddings (B, D), as float32.
 
-    The trunk runs in ``amp`` (bf16 on GPU); the mean pool runs in float32, because cosine
-    shifts of single-gene deletions are small (often 1e-4 to 1e-2) and a bf16 sum over
-    thousands of tokens would blur them.
+    The trunk runs under the plan's techniques (bf16 on GPU); the mean pool runs in float32,
+    because cosine shifts of single-gene deletions are small (often 1e-4 to 1e-2) and a bf16
+    sum over thousands of tokens would blur them.
     """
-    with torch.autocast(ids.device.type, dtype=amp, enabled=amp is not None):
-        hidden = trunk.encode(ids, ids.ne(PAD))  # (B, T, D)
-    hidden = hidden.float()
-    return hidden, trunk.pool(hidden, ids)  # (B, T, D), (B, D)
+    if plan.encode is None:
+        raise RuntimeError("scan plan used before _prepare")
+    hidden = plan.encode(ids).float()  # (B, T, D)
+    return hidden, plan.trunk.pool(hidden, ids)  # (B, T, D), (B, D)
 
 
 def _originals(plan: ScanPlan, group: list[int]) -> tuple[np.ndarray, list[torch.Tensor]]:
@@ -222,7 +250,7 @@ def _originals(plan: ScanPlan, group: list[int]) -> tuple[np.ndarray, list[torch
     per = max(1, plan.config.max_tokens // (1 + max(len(s) for s in seqs)))
     for s in range(0, len(group), per):
         ids = pad_cells(seqs[s : s + per], trunk.config.max_length).to(plan.device)
-        hidden, e = _forward(trunk, ids, plan.amp)
+        hidden, e = _forward(plan, ids)
         emb[s : s + per] = e.cpu().numpy()
         if plan.config.gene_shifts:
             for k in range(ids.shape[0]):
@@ -269,9 +297,7 @@ def _scan_batch(
     """Perturbed embeddings of one padded batch and their shifts from the originals."""
     width = max(p.rows.tokens.shape[1] for p in batch)
     toks = np.concatenate([np.pad(p.rows.tokens, ((0, 0), (0, width - p.rows.tokens.shape[1]))) for p in batch])  # fmt: skip
-    hidden, emb = _forward(
-        plan.trunk, _with_cls(toks).to(plan.device), plan.amp
-    )  # (B, T, D), (B, D)
+    hidden, emb = _forward(plan, _with_cls(toks).to(plan.device))  # (B, T, D), (B, D)
     local = np.concatenate([np.full(len(p.ids), p.local) for p in batch])
     ref = torch.from_numpy(orig_emb[local]).to(plan.device)
     row_target = np.concatenate([p.ids for p in batch])
@@ -335,37 +361,67 @@ def _plan(
                 "is rarely what you want); pass targets or --genes"
             )
         targets = single_targets(range(N_SPECIAL, model.tokenizer.vocab_size))
+    tech, notes = resolve(cfg.techniques, device)  # a dropped technique is noted (and logged)
+    precision = cfg.precision if tech.precision == "auto" else tech.precision
     return ScanPlan(
         trunk=trunk,
         cells=cells.truncate(trunk.config.max_length - 1),
         targets=Targets.of(targets),
         config=cfg,
-        amp=autocast_dtype(device, cfg.precision),
+        amp=autocast_dtype(device, precision),
         device=device,
         cell_targets=cell_targets,
+        techniques=tech,
+        technique_notes=tuple(notes),
     )
+
+
+def _scan_setup(plan: ScanPlan) -> Callable[[list[int]], dict[str, np.ndarray]]:
+    """Worker setup of a parallel scan: apply the techniques once, then scan groups."""
+    ready = _prepare(plan)
+    return lambda group: _scan_group(ready, group)
+
+
+def _groups(plan: ScanPlan, todo: list[int]) -> list[list[int]]:
+    """Groups of ``cells_per_part`` cells; smaller with workers, so each has some (same results)."""
+    step = plan.config.cells_per_part
+    if plan.techniques.jobs > 1:
+        step = max(1, min(step, -(-len(todo) // plan.techniques.jobs)))
+    return [todo[s : s + step] for s in range(0, len(todo), step)]
 
 
 def _run_groups(
     plan: ScanPlan, todo: list[int], out: Path | None, progress: bool
 ) -> tuple[list[dict[str, np.ndarray]], int, float]:
-    """Scan ``todo`` group by group; parts go to ``out`` when given, else they are returned."""
-    parts: list[dict[str, np.ndarray]] = []
-    n_rows, t0 = 0, time.perf_counter()
-    step = plan.config.cells_per_part
+    """Scan ``todo`` group by group; parts go to ``out`` when given, else they are returned.
+
+    With ``techniques.jobs > 1`` the groups go to pinned worker processes (longest cells
+    first, as ``todo`` is ordered) and each finished part is written as it arrives.
+    """
+    parts: list[tuple[int, dict[str, np.ndarray]]] = []
+    n_rows, n_cells, t0 = 0, 0, time.perf_counter()
+    groups = _groups(plan, todo)
+    if plan.techniques.jobs > 1:
+        worker_plan = replace(plan, techniques=replace(plan.techniques, jobs=1), encode=None)
+        done: Iterator[tuple[int, dict[str, np.ndarray]]] = run_pinned(
+            _scan_setup, worker_plan, groups, plan.techniques.jobs
+        )
+    else:
+        ready = _prepare(plan)
+        done = ((k, _scan_group(ready, g)) for k, g in enumerate(groups))
     with make_progress(disable=not progress) as bar:
         task = bar.add_task(f"in-silico {plan.config.kind}", total=len(todo), info="")
-        for start in range(0, len(todo), step):
-            group = todo[start : start + step]
-            part = _scan_group(plan, group)
+        for k, part in done:
             n_rows += len(part["shift"])
+            n_cells += len(groups[k])
             if out is not None:
                 write_part(out, part)
             else:
-                parts.append(part)
+                parts.append((k, part))
             rate = n_rows / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, completed=start + len(group), info=f"{rate:.0f} perturbed cells/s")
-    return parts, n_rows, time.perf_counter() - t0
+            bar.update(task, completed=n_cells, info=f"{rate:.0f} perturbed cells/s")
+    parts.sort(key=lambda kp: kp[0])  # workers finish out of order; keep the group order
+    return [p for _, p in parts], n_rows, time.perf_counter() - t0
 
 
 @torch.inference_mode()
@@ -408,7 +464,8 @@ def scan_cells(
     ScanResult (all cells, including those read back from ``out_dir``).
     """
     plan = _plan(model, cells, targets, config or ScanConfig(), cell_targets)
-    settings = scan_settings(model, plan.cells, plan.targets.targets, plan.config, cell_targets)
+    resolved = replace(plan.config, techniques=plan.techniques)  # as run (bf16 may be skipped)
+    settings = scan_settings(model, plan.cells, plan.targets.targets, resolved, cell_targets)
     lengths = plan.cells.lengths()
     order = np.argsort(-lengths, kind="stable")  # longest first: similar widths share batches
     if out_dir is None:
@@ -426,6 +483,7 @@ def scan_cells(
             res = load_scan(out)
     res.info = {
         **settings,
+        "techniques": {**plan.techniques.to_dict(), "notes": list(plan.technique_notes)},
         "seconds": elapsed,
         "rows_computed": n_rows,
         "perturbed_cells_per_s": n_rows / max(elapsed, 1e-9),

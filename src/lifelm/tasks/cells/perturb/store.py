@@ -77,6 +77,10 @@ def scan_settings(
     settings = asdict(config)
     settings.pop("max_tokens")  # batching does not change the result
     settings.pop("precision")
+    # int8/bf16 change the numbers and are recorded; compile and jobs do not (and are not)
+    tech = settings.pop("techniques", None)
+    if tech is not None:
+        settings.update(config.techniques.result_settings())
     out: dict[str, Any] = {
         "format": SCAN_FORMAT,
         "tokenizer_sha256": model.tokenizer.hash(),
