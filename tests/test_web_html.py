@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import re
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +21,30 @@ from fastapi.testclient import TestClient
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web_html")
-    app, settings, tokens = make_service(tmp, run_scheduler=False)
+    app, _settings, tokens = make_service(tmp, run_scheduler=False)
     from lifelm.service.db import Model, Project
 
     with app.state.sessions() as s:  # a registry record (the pages read only its card)
         lab_a = s.query(Project).filter_by(name="lab_a").one()
         for v in (1, 2):
-            s.add(Model(project_id=lab_a.id, name="m", version=v, path=str(tmp), card={
-                "architecture": "cell_transformer", "parameters": 1000 * v,
-                "metrics": {"eval_masked_gene_loss": 4.0 + v, "baseline_uniform_guess_loss": 5.3},
-                "training_data": [{"dataset": "cells.h5ad", "sha256": "ab"}], "licence": "CC0"}))
+            s.add(
+                Model(
+                    project_id=lab_a.id,
+                    name="m",
+                    version=v,
+                    path=str(tmp),
+                    card={
+                        "architecture": "cell_transformer",
+                        "parameters": 1000 * v,
+                        "metrics": {
+                            "eval_masked_gene_loss": 4.0 + v,
+                            "baseline_uniform_guess_loss": 5.3,
+                        },
+                        "training_data": [{"dataset": "cells.h5ad", "sha256": "ab"}],
+                        "licence": "CC0",
+                    },
+                )
+            )
         s.commit()
     clients = {who: sign_in(app, tokens[who]) for who in tokens}
     alice = clients["alice"]
@@ -190,7 +203,10 @@ def test_launch_forms_are_the_job_specs(env) -> None:
     assert tuple(models) == specs.TASKS
     for task, model in models.items():
         html = alice.get(f"/web/projects/lab_a/launch/{task}").text
-        names = set(re.findall(r'<(?:input|select)[^>]*name="([^"]+)"', html)) - {"csrf", "priority"}
+        names = set(re.findall(r'<(?:input|select)[^>]*name="([^"]+)"', html)) - {
+            "csrf",
+            "priority",
+        }
         expected = set()
         for name, info in model.model_fields.items():
             tp = info.annotation
@@ -258,7 +274,9 @@ def test_a_viewer_sees_no_controls_and_every_write_is_refused(env) -> None:
     token = csrf(vera)
     assert vera.post("/web/projects/lab_a/launch/genomes.qc",
                      data={"csrf": token, "dataset": "cells.h5ad"}).status_code == 403  # fmt: skip
-    assert vera.post(f"/web/projects/lab_a/jobs/{j}/cancel", data={"csrf": token}).status_code == 403
+    assert (
+        vera.post(f"/web/projects/lab_a/jobs/{j}/cancel", data={"csrf": token}).status_code == 403
+    )
     assert vera.post(f"/web/projects/lab_a/jobs/{j}/retry", data={"csrf": token}).status_code == 403
     r = vera.post("/web/projects/lab_a/upload?name=v.fa", content=b">a\nACGT\n",
                   headers={"X-CSRF-Token": token})  # fmt: skip
