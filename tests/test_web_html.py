@@ -315,3 +315,51 @@ def test_another_projects_user_gets_the_same_404_as_for_no_project(env) -> None:
             checked += 1
     assert checked >= 20
     assert "lab_a" not in bob.get("/web/projects").text
+
+
+def test_ranked_targets_and_their_report_are_shown_sandboxed(env) -> None:
+    """Whatever job writes a ranked ``targets.tsv`` and a ``report.html`` (the files
+    ``lifelm cells targets`` writes) gets them on its results page: the table with its '#'
+    header lines, and the report served with a sandbox policy (no script runs)."""
+    alice, j = env["c"]["alice"], env["job"]
+    from lifelm.service.db import Job
+
+    with env["app"].state.sessions() as s:
+        folder = env["app"].state.scheduler.job_dir(s.get(Job, j)) / "out" / "targets"
+    folder.mkdir(parents=True)
+    (folder / "targets.tsv").write_text(
+        "# test: label permutation, 1000 permutations\n# verdict: 2 genes at FDR 0.1\n"
+        "rank\tgene\tscore\tp_value\tq_value\n1\tCD3E\t2.5\t0.001\t0.01\n2\tMS4A1\t1.9\t0.004\t0.02\n"
+    )  # fmt: skip
+    (folder / "report.html").write_text("<html><body><h1>Targets</h1><script>alert(1)</script>")
+    html = alice.get(f"/web/projects/lab_a/jobs/{j}/results").text
+    assert "label permutation, 1000 permutations" in html
+    assert "<td>CD3E</td>" in html
+    assert 'sandbox src="/web/projects/lab_a/jobs/' in html
+    r = alice.get(f"/web/projects/lab_a/jobs/{j}/report/targets/report.html")
+    assert r.status_code == 200
+    assert r.headers["content-security-policy"].startswith("sandbox")
+    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'none'
+    assert alice.get(f"/web/projects/lab_a/jobs/{j}/report/targets/targets.tsv").status_code == 404
+    assert alice.get(f"/web/projects/lab_a/jobs/{j}/report/../job.json").status_code == 404
+    r = alice.get(f"/web/projects/lab_a/jobs/{j}/files/targets/targets.tsv")
+    assert r.status_code == 200
+    assert "CD3E" in r.text
+
+
+def test_cancel_and_retry_from_the_job_page(env) -> None:
+    alice, j = env["c"]["alice"], env["job"]
+    page = f"/web/projects/lab_a/jobs/{j}"
+    assert ">queued<" in alice.get(page).text  # no scheduler runs in this module
+    r = alice.post(page + "/cancel", data={"csrf": csrf(alice)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == page
+    html = alice.get(page).text
+    assert ">cancelled<" in html
+    assert "Retry job" in html
+    assert "Cancel job" not in html
+    alice.post(page + "/retry", data={"csrf": csrf(alice)})
+    assert ">queued<" in alice.get(page).text
+    r = alice.post(page + "/retry", data={"csrf": csrf(alice)})
+    assert r.status_code == 409  # the API's answer, shown on the error page
+    assert "only failed or cancelled jobs retry" in r.text
