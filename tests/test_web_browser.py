@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,8 +68,9 @@ def server(tmp_path_factory) -> Any:
     tmp = tmp_path_factory.mktemp("web_browser")
     # UMAP's numba functions compile once per machine (then NUMBA_CACHE_DIR holds them): start
     # that now, beside the model training and the uploads, not when the page first asks
-    warm = threading.Thread(target=_warm_umap, daemon=True)
-    warm.start()
+    # (in a process of its own: concurrent first imports in threads of one process can fail)
+    warm = subprocess.Popen([sys.executable, "-c", WARM_UMAP], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
     app, settings, tokens = make_service(tmp, cpu_slots=2, tick=0.2)
     model = tiny_model(tmp)
     register_model_folder(settings, "lab_a", "tiny", model, licence="CC0", intended_use="tests")
@@ -83,18 +86,20 @@ def server(tmp_path_factory) -> Any:
     finally:
         srv.should_exit = True
         thread.join(30)
-        warm.join(120)
+        try:
+            warm.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            warm.kill()
+            warm.wait()
 
 
-def _warm_umap() -> None:
-    import anndata as ad
-    import numpy as np
-    import scanpy as sc
-
-    a = ad.AnnData(obs={"i": np.arange(40).astype(str)})
-    a.obsm["rep"] = np.random.default_rng(0).normal(size=(40, 8)).astype("float32")
-    sc.pp.neighbors(a, use_rep="rep", n_neighbors=5, random_state=0)
-    sc.tl.umap(a, random_state=0)
+WARM_UMAP = """
+import anndata as ad, numpy as np, scanpy as sc
+a = ad.AnnData(obs={"i": np.arange(40).astype(str)})
+a.obsm["rep"] = np.random.default_rng(0).normal(size=(40, 8)).astype("float32")
+sc.pp.neighbors(a, use_rep="rep", n_neighbors=5, random_state=0)
+sc.tl.umap(a, random_state=0)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +155,40 @@ def sign_in(browser, server, who: str, deep_link: str) -> Any:
     return page
 
 
+def _annotate_and_mutations(server, tmp: Path) -> tuple[Any, int, int]:
+    from lifelm.client import Client
+    from lifelm.tasks.genomes.qc import Reference
+
+    c = Client(server["url"], server["tokens"]["alice"], timeout=60)
+    ref = Reference.sarscov2().sequence
+    g1 = ref[:240] + "T" + ref[241:23402] + "G" + ref[23403:]  # C241T, A23403G
+    (tmp / "sc2.fa").write_text(f">g1\n{g1}\n>g2\n{ref}\n")
+    c.upload("lab_a", "sc2.fa", tmp / "sc2.fa", source="Wuhan-Hu-1 with two substitutions")
+    mut = c.submit("lab_a", {"task": "genomes.mutations", "dataset": "sc2.fa",
+                             "resources": {"max_hours": 0.25}})  # fmt: skip
+    ann = c.submit("lab_a", {"task": "cells.annotate", "dataset": "pbmc3k.h5ad", "model": "tiny:1",
+                             "reference": "pbmc3k.h5ad", "mode": "knn",
+                             "resources": {"max_hours": 0.25}})  # fmt: skip
+    return c, ann["id"], mut["id"]
+
+
+def wait_for_job(page, timeout_s: float = 240) -> None:
+    """Wait, without reloading, until the job page shows the job finished; it must succeed."""
+    page.wait_for_function(
+        "() => ['succeeded', 'failed', 'cancelled'].includes("
+        "(document.getElementById('job-status') || {}).textContent)",
+        timeout=timeout_s * 1000,
+    )
+    page.wait_for_load_state()  # the page reloads itself once the job ended
+    status = page.inner_text("#job-status")
+    assert status == "succeeded", page.inner_text("#job-log")[-3000:]
+    # the results link is rendered by the server: it is there because the script followed
+    # the job over server-sent events and reloaded the page when it ended
+    page.wait_for_selector("#results-link", timeout=30_000)
+
+
 def test_sign_in_upload_launch_watch_umap_download(browser, server, tmp_path) -> None:
-    url, tmp = server["url"], server["tmp"]
+    url = server["url"]
     mark("setup (server, tiny model, browser)")
     ctx = browser.new_context(accept_downloads=True)
     page = ctx.new_page()
@@ -219,10 +256,11 @@ def test_sign_in_upload_launch_watch_umap_download(browser, server, tmp_path) ->
     job_id = int(job_url.rsplit("/", 1)[1])
     look(page, "job-running")
     mark("launch form, submit")
+    # meanwhile, through the API: an annotation and a genome mutation call, for their pages
+    others = _annotate_and_mutations(server, tmp_path)
     # nobody reloads: the page follows the job over server-sent events and shows the
     # results link (rendered by the server) once it succeeded
-    page.wait_for_selector("#results-link", timeout=180_000)
-    assert page.inner_text("#job-status") == "succeeded"
+    wait_for_job(page)
     assert "lifelm cells embed" in page.inner_text("#job-log")
     mark("embed job ran (watched live)")
     look(page, "job-succeeded")
@@ -270,6 +308,30 @@ def test_sign_in_upload_launch_watch_umap_download(browser, server, tmp_path) ->
     assert f"#{job_id}" in page.inner_text("main")
     look(page, "dashboard")
     mark("download, models, dashboard")
+
+    # the annotation: the model next to its baselines, the confusion matrix
+    client, ann_id, mut_id = others
+    for jid in (ann_id, mut_id):
+        done = client.wait("lab_a", jid, timeout=300)
+        assert done["status"] == "succeeded", client.logs("lab_a", jid)[-3000:]
+    page.goto(f"{url}/web/projects/lab_a/jobs/{ann_id}/results")
+    table = page.inner_text(
+        "table[aria-label='Model and baselines'], [aria-label='Model and baselines'] table"
+    )
+    for method in ("majority class (baseline)", "PCA + logistic regression (baseline)",
+                   "LifeLM model"):  # fmt: skip
+        assert method in table
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
+    assert page.eval_on_selector("img[src$='confusion.svg']", "i => i.naturalWidth") > 100
+    look(page, "results-annotate")
+    # the genome run: its mutation table, with the substitutions the test put in
+    page.goto(f"{url}/web/projects/lab_a/jobs/{mut_id}/results")
+    text = page.inner_text("main")
+    assert "mutations.tsv" in text
+    assert "A23403G" in text
+    assert "C241T" in text
+    look(page, "results-mutations")
+    mark("annotation and mutation results")
     ctx.close()
 
 
@@ -325,31 +387,50 @@ def test_another_projects_user_sees_nothing_of_it(browser, server) -> None:
 
 
 @pytest.mark.data
-def test_real_pbmc3k_upload_embed_umap(browser, server, tmp_path) -> None:
-    """The same path with the real pbmc3k counts (2,638 cells): accepted with its card,
-    embedded by the tiny model (cells without any of its genes get no embedding and the
-    UMAP says how many it left out), coloured by the published cell types."""
+def test_real_pbmc3k_upload_pretrain_embed_umap(browser, server) -> None:
+    """The path with the real pbmc3k counts (2,638 cells × 13,714 genes): accepted with its
+    card; a few pretraining steps on it from the form (the loss curve and the registered model
+    on its results page); that model embeds it; the UMAP coloured by the published cell types.
+    (The synthetic tiny model is refused on pbmc3k: it knows too few of its genes.)"""
     from conftest import shared_file
 
     pbmc = shared_file("singlecell/pbmc3k/pbmc3k_seurat_counts.h5ad")
+    url = server["url"]
     page = sign_in(browser, server, "alice", "/web/projects/lab_a/upload")
     page.set_input_files("#file", str(pbmc))
     page.fill("#source", "pbmc3k (10x Genomics), Seurat tutorial counts")
     page.click("text=Upload and check")
     page.wait_for_selector("#upload-status:has-text('stored and checked')", timeout=120_000)
-    page.goto(server["url"] + "/web/projects/lab_a")
+    page.goto(url + "/web/projects/lab_a")
     assert "2638 cells × 13714 genes" in page.inner_text("main")
-    page.goto(server["url"] + "/web/projects/lab_a/launch/cells.embed")
+
+    page.goto(url + "/web/projects/lab_a/launch/cells.pretrain")
+    page.select_option("#f-datasets", ["pbmc3k_seurat_counts.h5ad"])
+    for field, value in (("model-name", "pbmc_tiny"), ("steps", "8"), ("batch-size", "8"),
+                         ("max-length", "64"), ("warmup", "1"), ("checkpoint-every", "8"),
+                         ("resources-max-hours", "0.25")):  # fmt: skip
+        page.fill(f"#f-{field}", value)
+    page.select_option("#f-preset", "test")
+    page.click("text=Submit job")
+    page.wait_for_url("**/web/projects/lab_a/jobs/*")
+    wait_for_job(page, 300)
+    page.click("#results-link")
+    page.wait_for_function("() => [...document.images].every(i => i.complete)", timeout=60_000)
+    assert page.eval_on_selector("img[src$='loss.svg']", "i => i.naturalWidth") > 100
+    assert "pbmc_tiny:1" in page.inner_text("main")
+    look(page, "results-pretrain-pbmc3k")
+
+    page.goto(url + "/web/projects/lab_a/launch/cells.embed")
     page.select_option("#f-dataset", "pbmc3k_seurat_counts.h5ad")
-    page.select_option("#f-model", "tiny:1")
+    page.select_option("#f-model", "pbmc_tiny:1")
     page.fill("#f-resources-max-hours", "0.25")
     page.click("text=Submit job")
     page.wait_for_url("**/web/projects/lab_a/jobs/*")
-    page.wait_for_selector("#results-link", timeout=300_000)
+    wait_for_job(page, 300)
     page.goto(page.url + "/results?color=cell_type")
     page.wait_for_function("() => document.getElementById('umap').complete", timeout=180_000)
     assert page.eval_on_selector("#umap", "i => i.naturalWidth") > 100
-    svg = page.request.get(page.get_attribute("#umap", "src")).text()
+    svg = page.request.get(url + page.get_attribute("#umap", "src")).text()
     assert "Memory CD4 T" in svg
     assert "B (" in svg
     look(page, "results-embed-pbmc3k")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import re
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +21,30 @@ from fastapi.testclient import TestClient
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web_html")
-    app, settings, tokens = make_service(tmp, run_scheduler=False)
+    app, _settings, tokens = make_service(tmp, run_scheduler=False)
     from lifelm.service.db import Model, Project
 
     with app.state.sessions() as s:  # a registry record (the pages read only its card)
         lab_a = s.query(Project).filter_by(name="lab_a").one()
         for v in (1, 2):
-            s.add(Model(project_id=lab_a.id, name="m", version=v, path=str(tmp), card={
-                "architecture": "cell_transformer", "parameters": 1000 * v,
-                "metrics": {"eval_masked_gene_loss": 4.0 + v, "baseline_uniform_guess_loss": 5.3},
-                "training_data": [{"dataset": "cells.h5ad", "sha256": "ab"}], "licence": "CC0"}))
+            s.add(
+                Model(
+                    project_id=lab_a.id,
+                    name="m",
+                    version=v,
+                    path=str(tmp),
+                    card={
+                        "architecture": "cell_transformer",
+                        "parameters": 1000 * v,
+                        "metrics": {
+                            "eval_masked_gene_loss": 4.0 + v,
+                            "baseline_uniform_guess_loss": 5.3,
+                        },
+                        "training_data": [{"dataset": "cells.h5ad", "sha256": "ab"}],
+                        "licence": "CC0",
+                    },
+                )
+            )
         s.commit()
     clients = {who: sign_in(app, tokens[who]) for who in tokens}
     alice = clients["alice"]
@@ -190,7 +203,10 @@ def test_launch_forms_are_the_job_specs(env) -> None:
     assert tuple(models) == specs.TASKS
     for task, model in models.items():
         html = alice.get(f"/web/projects/lab_a/launch/{task}").text
-        names = set(re.findall(r'<(?:input|select)[^>]*name="([^"]+)"', html)) - {"csrf", "priority"}
+        names = set(re.findall(r'<(?:input|select)[^>]*name="([^"]+)"', html)) - {
+            "csrf",
+            "priority",
+        }
         expected = set()
         for name, info in model.model_fields.items():
             tp = info.annotation
@@ -258,7 +274,9 @@ def test_a_viewer_sees_no_controls_and_every_write_is_refused(env) -> None:
     token = csrf(vera)
     assert vera.post("/web/projects/lab_a/launch/genomes.qc",
                      data={"csrf": token, "dataset": "cells.h5ad"}).status_code == 403  # fmt: skip
-    assert vera.post(f"/web/projects/lab_a/jobs/{j}/cancel", data={"csrf": token}).status_code == 403
+    assert (
+        vera.post(f"/web/projects/lab_a/jobs/{j}/cancel", data={"csrf": token}).status_code == 403
+    )
     assert vera.post(f"/web/projects/lab_a/jobs/{j}/retry", data={"csrf": token}).status_code == 403
     r = vera.post("/web/projects/lab_a/upload?name=v.fa", content=b">a\nACGT\n",
                   headers={"X-CSRF-Token": token})  # fmt: skip
@@ -297,3 +315,51 @@ def test_another_projects_user_gets_the_same_404_as_for_no_project(env) -> None:
             checked += 1
     assert checked >= 20
     assert "lab_a" not in bob.get("/web/projects").text
+
+
+def test_ranked_targets_and_their_report_are_shown_sandboxed(env) -> None:
+    """Whatever job writes a ranked ``targets.tsv`` and a ``report.html`` (the files
+    ``lifelm cells targets`` writes) gets them on its results page: the table with its '#'
+    header lines, and the report served with a sandbox policy (no script runs)."""
+    alice, j = env["c"]["alice"], env["job"]
+    from lifelm.service.db import Job
+
+    with env["app"].state.sessions() as s:
+        folder = env["app"].state.scheduler.job_dir(s.get(Job, j)) / "out" / "targets"
+    folder.mkdir(parents=True)
+    (folder / "targets.tsv").write_text(
+        "# test: label permutation, 1000 permutations\n# verdict: 2 genes at FDR 0.1\n"
+        "rank\tgene\tscore\tp_value\tq_value\n1\tCD3E\t2.5\t0.001\t0.01\n2\tMS4A1\t1.9\t0.004\t0.02\n"
+    )  # fmt: skip
+    (folder / "report.html").write_text("<html><body><h1>Targets</h1><script>alert(1)</script>")
+    html = alice.get(f"/web/projects/lab_a/jobs/{j}/results").text
+    assert "label permutation, 1000 permutations" in html
+    assert "<td>CD3E</td>" in html
+    assert 'sandbox src="/web/projects/lab_a/jobs/' in html
+    r = alice.get(f"/web/projects/lab_a/jobs/{j}/report/targets/report.html")
+    assert r.status_code == 200
+    assert r.headers["content-security-policy"].startswith("sandbox")
+    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'none'
+    assert alice.get(f"/web/projects/lab_a/jobs/{j}/report/targets/targets.tsv").status_code == 404
+    assert alice.get(f"/web/projects/lab_a/jobs/{j}/report/../job.json").status_code == 404
+    r = alice.get(f"/web/projects/lab_a/jobs/{j}/files/targets/targets.tsv")
+    assert r.status_code == 200
+    assert "CD3E" in r.text
+
+
+def test_cancel_and_retry_from_the_job_page(env) -> None:
+    alice, j = env["c"]["alice"], env["job"]
+    page = f"/web/projects/lab_a/jobs/{j}"
+    assert ">queued<" in alice.get(page).text  # no scheduler runs in this module
+    r = alice.post(page + "/cancel", data={"csrf": csrf(alice)}, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == page
+    html = alice.get(page).text
+    assert ">cancelled<" in html
+    assert "Retry job" in html
+    assert "Cancel job" not in html
+    alice.post(page + "/retry", data={"csrf": csrf(alice)})
+    assert ">queued<" in alice.get(page).text
+    r = alice.post(page + "/retry", data={"csrf": csrf(alice)})
+    assert r.status_code == 409  # the API's answer, shown on the error page
+    assert "only failed or cancelled jobs retry" in r.text

@@ -7,15 +7,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lifelm.service.app import Settings, create_app
-
 USERS = {"alice": ("lab_a", "owner"), "vera": ("lab_a", "viewer"), "bob": ("lab_b", "owner")}
 
 
-def make_service(tmp: Path, **settings: Any) -> tuple[Any, Settings, dict[str, str]]:
-    """An app with an admin, alice/vera/bob and projects lab_a/lab_b; returns (app, settings,
-    tokens by user)."""
+def make_service(tmp: Path, **settings: Any) -> tuple[Any, Any, dict[str, str]]:
+    """An app with alice/vera/bob and projects lab_a/lab_b; returns (app, settings, tokens by
+    user). Imports the service lazily, so test modules can skip when FastAPI is absent."""
     from lifelm.service import auth
+    from lifelm.service.app import Settings, create_app
     from lifelm.service.db import Membership, Project, User
 
     s_ = Settings(data_dir=tmp / "data", **settings)

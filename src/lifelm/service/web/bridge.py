@@ -107,20 +107,21 @@ async def call(
         "server": ("lifelm-web", 80),
     }
     finished = asyncio.Event()
-    sent_body = False
+    body_done = False
 
     async def receive() -> Message:
-        nonlocal sent_body
-        if body is not None:
+        nonlocal body_done
+        if not body_done:
+            if body is None:
+                body_done = True
+                return {"type": "http.request", "body": payload, "more_body": False}
             try:
                 chunk = await body.__anext__()
                 return {"type": "http.request", "body": chunk, "more_body": True}
             except StopAsyncIteration:
+                body_done = True
                 return {"type": "http.request", "body": b"", "more_body": False}
-        if not sent_body:
-            sent_body = True
-            return {"type": "http.request", "body": payload, "more_body": False}
-        await finished.wait()
+        await finished.wait()  # after the body: the "client" leaves when we stop reading
         return {"type": "http.disconnect"}
 
     queue: asyncio.Queue[Message | None] = asyncio.Queue()

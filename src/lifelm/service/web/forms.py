@@ -64,7 +64,7 @@ def spec_models() -> dict[str, type[BaseModel]]:
 def task_summary(task: str) -> str:
     """The spec's docstring: which command the task runs and what it writes."""
     doc = spec_models()[task].__doc__ or ""
-    return " ".join(doc.split())
+    return " ".join(doc.replace("``", "").split())
 
 
 def _bounds(info: FieldInfo) -> tuple[float | None, float | None, bool]:

@@ -40,18 +40,28 @@ def _figure(w: float, h: float) -> tuple[Any, Any]:
 def budget_svg(entries: list[dict[str, Any]], budget: dict[str, float]) -> str:
     """CPU hours charged over time (the ledger, cumulative) against the project's budget."""
     fig, ax = _figure(6.4, 2.6)
-    times = [np.datetime64(e["at"].rstrip("Z")) for e in entries if e.get("at")]
+    import datetime as dt
+
+    times = [dt.datetime.fromisoformat(e["at"].rstrip("Z")) for e in entries if e.get("at")]
     used = np.cumsum([float(e["cpu_hours"]) for e in entries if e.get("at")])
     if times:
-        ax.step(times, used, where="post", color="#1f5fa8", label="CPU hours charged")
+        # from nothing charged just before the first entry, up to now
+        now = max(dt.datetime.now(dt.UTC).replace(tzinfo=None), times[-1])
+        pad = max((now - times[0]) * 0.05, dt.timedelta(minutes=2))
+        xs = [times[0] - pad, *times, now]
+        ys = [0.0, *used, float(used[-1])]
+        ax.step(xs, ys, where="post", color="#1f5fa8", label="CPU hours charged")
         ax.plot(times, used, "o", color="#1f5fa8", markersize=3)
+        ax.set_xlim(xs[0], now + pad)
+        ax.annotate(f"{used[-1]:.3g} h charged", (now, float(used[-1])), textcoords="offset points",
+                    xytext=(-4, 6), ha="right", fontsize=8, color="#1f5fa8")  # fmt: skip
     ax.axhline(budget["cpu_hours"], color="#b3261e", linestyle="--", label="budget")
     if budget.get("cpu_hours_held"):
         top = (used[-1] if len(used) else 0.0) + budget["cpu_hours_held"]
         ax.axhline(top, color="#8a6d00", linestyle=":", label="charged + held by queued/running")
     ax.set_ylabel("CPU hours")
     ax.set_ylim(0, max(budget["cpu_hours"], float(used[-1]) if len(used) else 0.0) * 1.1 or 1)
-    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False)
     if not times:
         ax.text(0.5, 0.5, "nothing charged yet", transform=ax.transAxes, ha="center")
         ax.set_xticks([])

@@ -61,6 +61,17 @@ env.filters["q"] = lambda s: quote(str(s), safe="")
 env.globals["finite"] = plots.finite
 
 
+# how the annotation's held-out comparison is shown (the keys lifelm.cells.annotate writes)
+METHOD_NAMES = {
+    "majority": "majority class (baseline)",
+    "logreg_pca": "PCA + logistic regression (baseline)",
+    "baseline": "PCA + logistic regression (baseline)",
+    "model": "LifeLM model",
+}
+HELD_OUT_METRICS = ("accuracy", "macro_f1", "ece_before", "ece", "temperature", "n")
+env.filters["method"] = lambda m: METHOD_NAMES.get(str(m), str(m))
+
+
 class WebError(Exception):
     """An error page: ``status`` and the message shown (the API's own message where it has one)."""
 
@@ -515,13 +526,13 @@ def _annotation(path: Path) -> dict[str, Any]:
         if key in a.obs and label_key in a.obs and label_key != key:
             truth = a.obs[label_key].astype(str)
             table = pd.crosstab(truth, a.obs[key].astype(str))
-        held = info.get("holdout", {}) or {}
-        metrics: list[str] = []
-        for m in held.values():
-            if isinstance(m, dict):
-                metrics += [
-                    k for k, v in m.items() if isinstance(v, int | float) and k not in metrics
-                ]
+        held = {
+            METHOD_NAMES.get(k, k): v
+            for k, v in (info.get("holdout", {}) or {}).items()
+            if isinstance(v, dict)
+        }
+        present = {k for m in held.values() for k, v in m.items() if isinstance(v, int | float)}
+        metrics = [k for k in HELD_OUT_METRICS if k in present]
         counts = pd.Series(a.obs[key].astype(str)).value_counts() if key in a.obs else None
         return {"info": info, "key": key, "label_key": label_key, "table": table,
                 "held": held, "metrics": metrics,
