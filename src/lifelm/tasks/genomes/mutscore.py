@@ -563,7 +563,7 @@ def per_substitution(table: pd.DataFrame) -> pd.DataFrame:
     keys = ["input_index", "substitution", "position", "ref", "alt"]
     multi = table["input_index"].duplicated(keep=False)
     one = table.loc[~multi, [*keys, "orf", "aaSubstitution", "synonymous", *cols, "reason"]].copy()
-    one["synonymous"] = one["synonymous"].fillna(False).astype(bool)
+    one["synonymous"] = one["synonymous"].eq(True).astype(bool)
     parts = [one]
     if multi.any():  # a position read by two ORFs (rare): join the rows
         g = table[multi].groupby("input_index", sort=True)
