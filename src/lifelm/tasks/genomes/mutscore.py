@@ -560,20 +560,28 @@ def per_substitution(table: pd.DataFrame) -> pd.DataFrame:
     """One row per input substitution: ORF rows joined (scores summed over ORFs; a NaN in any
     ORF makes the sum NaN), position-level baselines taken once."""
     cols = [c for c in SCORE_COLUMNS if c in table.columns]
-    g = table.groupby("input_index", sort=True)
-    out = g[["substitution", "position", "ref", "alt"]].first()
-    out["orf"] = g["orf"].agg(lambda x: ",".join(v for v in x if v))
-    out["aaSubstitution"] = g["aaSubstitution"].agg(lambda x: ",".join(v for v in x if v))
-    out["synonymous"] = g["synonymous"].agg(
-        lambda x: bool(x.notna().all() and x.astype(bool).all())
-    )
-    for c in cols:
-        if c in ("conservation", "mutation_prior"):
-            out[c] = g[c].first()
-        else:
-            out[c] = g[c].agg(lambda x: x.sum() if x.notna().all() else np.nan)
-    out["reason"] = g["reason"].agg(lambda x: ",".join(sorted({v for v in x if v})))
-    return out.reset_index(drop=True)
+    keys = ["input_index", "substitution", "position", "ref", "alt"]
+    multi = table["input_index"].duplicated(keep=False)
+    one = table.loc[~multi, [*keys, "orf", "aaSubstitution", "synonymous", *cols, "reason"]].copy()
+    one["synonymous"] = one["synonymous"].eq(True).astype(bool)
+    parts = [one]
+    if multi.any():  # a position read by two ORFs (rare): join the rows
+        g = table[multi].groupby("input_index", sort=True)
+        many = g[keys[1:]].first()
+        many["orf"] = g["orf"].agg(lambda x: ",".join(v for v in x if v))
+        many["aaSubstitution"] = g["aaSubstitution"].agg(lambda x: ",".join(v for v in x if v))
+        many["synonymous"] = g["synonymous"].agg(
+            lambda x: bool(x.notna().all() and x.astype(bool).all())
+        )
+        for c in cols:
+            if c in ("conservation", "mutation_prior"):
+                many[c] = g[c].first()
+            else:
+                many[c] = g[c].agg(lambda x: x.sum() if x.notna().all() else np.nan)
+        many["reason"] = g["reason"].agg(lambda x: ",".join(sorted({v for v in x if v})))
+        parts.append(many.reset_index())
+    out = pd.concat(parts, ignore_index=True).sort_values("input_index", kind="stable")
+    return out.drop(columns="input_index").reset_index(drop=True)
 
 
 def aa_table(table: pd.DataFrame) -> pd.DataFrame:
