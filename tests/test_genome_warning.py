@@ -157,6 +157,7 @@ def test_variants_missing_or_known_at_start_are_reported_not_scored(model) -> No
         Variant("Jump", ("B",), "2021-04-01", "test"),
         Variant("Old", ("A.1",), "2020-12-01", "test"),
         Variant("Absent", ("Z.9",), None, "test"),
+        Variant("Child", ("B.1",), "2021-06-01", "test"),
     )
     vt, alarms = evaluate(s, table, config=CFG, variants=variants)
     by = vt.set_index(["variant", "method"])["status"]
@@ -164,6 +165,10 @@ def test_variants_missing_or_known_at_start_are_reported_not_scored(model) -> No
     row = vt[(vt["variant"] == "Jump") & (vt["method"] == "new_spike_mutations")].iloc[0]
     assert row["flag_date"] == "2021-03-05"
     assert row["lead_days_vs_who"] == 27
+    child = vt[(vt["variant"] == "Child") & (vt["method"] == "new_spike_mutations")].iloc[0]
+    assert child["parent"] == "B"  # its precursor, flagged when it appeared
+    assert child["parent_flag_date"] == "2021-03-05"
+    assert child["parent_lead_days_vs_who"] == 88
     assert by[("Old", "combined")] == "known at start"
     assert by[("Absent", "combined")] == "not in data"
     assert by[("Jump", "oracle_immune_escape")] == "not scored"  # no oracle values given
