@@ -157,6 +157,7 @@ def test_variants_missing_or_known_at_start_are_reported_not_scored(model) -> No
         Variant("Jump", ("B",), "2021-04-01", "test"),
         Variant("Old", ("A.1",), "2020-12-01", "test"),
         Variant("Absent", ("Z.9",), None, "test"),
+        Variant("Child", ("B.1",), "2021-06-01", "test"),
     )
     vt, alarms = evaluate(s, table, config=CFG, variants=variants)
     by = vt.set_index(["variant", "method"])["status"]
@@ -164,6 +165,10 @@ def test_variants_missing_or_known_at_start_are_reported_not_scored(model) -> No
     row = vt[(vt["variant"] == "Jump") & (vt["method"] == "new_spike_mutations")].iloc[0]
     assert row["flag_date"] == "2021-03-05"
     assert row["lead_days_vs_who"] == 27
+    child = vt[(vt["variant"] == "Child") & (vt["method"] == "new_spike_mutations")].iloc[0]
+    assert child["parent"] == "B"  # its precursor, flagged when it appeared
+    assert child["parent_flag_date"] == "2021-03-05"
+    assert child["parent_lead_days_vs_who"] == 88
     assert by[("Old", "combined")] == "known at start"
     assert by[("Absent", "combined")] == "not in data"
     assert by[("Jump", "oracle_immune_escape")] == "not scored"  # no oracle values given
@@ -284,3 +289,51 @@ def test_backtest_on_the_shared_pango_data_smoke(shared_data, tmp_path) -> None:
     assert v[("JN.1", "nn_distance")] == "not in data"  # cut out of this subset
     report = write_outputs(res, tmp_path)
     assert "Per-variant" in report.read_text()
+
+
+def test_cli_end_to_end_on_a_tiny_data_folder(tmp_path) -> None:
+    import lzma
+
+    from lifelm.cli import main
+
+    table, g = _lineages()
+    root = tmp_path / "genomes"
+    pc = root / "sarscov2/pango_consensus"
+    pc.mkdir(parents=True)
+    (root / "lineages").mkdir()
+    labels = pd.DataFrame(
+        {
+            "lineage": table["lineage"],
+            "unaliased": table["unaliased"],
+            "nextstrain_clade": "19A",
+            "designation_date": table["date"].fillna(""),
+            "label_source": "nextclade_tree",
+        }
+    )
+    labels.to_csv(pc / "lineage_labels.tsv", sep="\t", index=False)
+    with lzma.open(pc / "pango_consensus_genome_nuc.fasta.xz", "wt") as fh:
+        fh.write("".join(f">{k}\n{v}\n" for k, v in g.items()))
+    (root / "lineages/nextstrain_clade_emergence_dates.tsv").write_text(
+        "Nextstrain_clade\tfirst_sequence\n19A\t2019-12-01\n"
+    )
+    out = tmp_path / "out"
+    args = ["genomes", "warn", "--data", str(root), "-o", str(out), "--no-novelty"]
+    args += ["--train-steps", "2", "--context", "64", "--top-fraction", "0.3"]
+    code = 0
+    try:
+        main(args)
+    except SystemExit as exc:
+        code = exc.code
+    assert code in (0, None)
+    scores = pd.read_csv(out / "scores.tsv", sep="\t")
+    assert set(scores.loc[scores["window"] != "start", "lineage"]) == set(
+        table.loc[~table["known_at_start"], "lineage"]
+    )
+    assert scores["model_surprise"].notna().all()
+    assert scores["mutation_score"].notna().all()
+    assert (out / "train/model/config.json").is_file()
+    html = (out / "report.html").read_text()
+    assert "Per-variant" in html
+    assert "data:image/png;base64," in html
+    variants = pd.read_csv(out / "variants.tsv", sep="\t")
+    assert set(variants["status"]) == {"not in data"}  # none of the WHO roots is in this toy set

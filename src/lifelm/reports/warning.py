@@ -172,6 +172,14 @@ def write_report(
         "Oracle columns use Nextclade's retrospective immune-escape / ACE2 scores: a reference, "
         "not a fair baseline.</p>",
         _table(variant_matrix(result.variants)),
+        "<h2>Precursors: the variant root's parent flagged when it appeared</h2>",
+        _table(
+            result.variants.loc[
+                result.variants["parent_flag_date"].notna()
+                & (result.variants["parent_flag_date"] != ""),
+                ["variant", "method", "parent", "parent_flag_date", "parent_lead_days_vs_who"],
+            ]
+        ),
         "<h2>False alarms and hits by method</h2>",
         _table(result.alarms),
     ]

@@ -733,7 +733,9 @@ def evaluate(
     ``known at start`` (designated before the first cutoff: not testable) or ``not in data``),
     ``root_date``, ``flag_date`` (the root's date when flagged), ``lead_days_vs_who``,
     ``family_flag_date`` (first flagged lineage of the variant's family within
-    ``family_days`` of the root) and ``days_after_clade_emergence``. The alarm table has per
+    ``family_days`` of the root), ``days_after_clade_emergence``, and the precursor columns
+    ``parent`` (the root's parent in the walk), ``parent_flag_date`` and
+    ``parent_lead_days_vs_who`` (when that parent was itself flagged, e.g. BA.2.86 before JN.1). The alarm table has per
     method: lineages scored in the walk, flagged, the false-alarm rate among ``never_grew``
     lineages, the hit rate among ``grew`` ones, and the AUROC of the score for grew vs never grew.
     """
@@ -797,9 +799,22 @@ def evaluate(
                         row["family_flag_date"] = (
                             pd.to_datetime(fs["date"]).min().date().isoformat()
                         )
+                    # precursor: the root's parent, when it was itself flagged in the walk
+                    par = walk[walk["lineage"] == rs["parent"].iloc[0]]
+                    row["parent"] = str(rs["parent"].iloc[0])
+                    if len(par) and bool(par[f"{m}_flag"].iloc[0]):
+                        pdate = pd.to_datetime(par["date"].iloc[0])
+                        row["parent_flag_date"] = pdate.date().isoformat()
+                        if v.who_date:
+                            row["parent_lead_days_vs_who"] = int(
+                                (pd.Timestamp(v.who_date) - pdate).days
+                            )
             vrows.append(row)
     vt = pd.DataFrame(vrows)
     for c in (
+        "parent",
+        "parent_flag_date",
+        "parent_lead_days_vs_who",
         "root_date",
         "flag_date",
         "family_flag_date",
