@@ -210,6 +210,68 @@ def time_lifelm(
     return out
 
 
+def _remap(cells: Any, src_genes: np.ndarray, tokenizer: Any) -> Any:
+    """The same cells in another tokenizer's ids (same genes, same order)."""
+    from dataclasses import replace
+
+    from lifelm.data.cells.tokenizer import N_SPECIAL
+
+    ids = np.array([tokenizer.vocab[g] for g in src_genes[cells.tokens - N_SPECIAL]]) + N_SPECIAL
+    return replace(cells, tokens=ids.astype(cells.tokens.dtype))
+
+
+def time_techniques(
+    tok: Any,
+    cells: Any,
+    preset: str,
+    batch: int,
+    repeats: int,
+    techniques: list[str],
+    bert_dir: Path | None,
+    gf_dicts: Path,
+) -> dict[str, Any]:
+    """``embed_tokens`` with each CPU technique, on LifeLM's preset and (``bert_dir``) on
+    Geneformer's own random BERT imported (the same weights the extractor ran)."""
+    import torch
+
+    from lifelm.models.cell_transformer import CellTransformer, CellTransformerConfig
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques, resolve
+    from lifelm.tasks.cells.embed import embed_tokens
+    from lifelm.tasks.cells.model_io import CellModel, load_cell_model, sidecar
+
+    torch.manual_seed(0)
+    cfg = CellTransformerConfig.from_name(preset, vocab_size=tok.vocab_size)
+    models = {
+        "LifeLM preset": (CellModel(CellTransformer(cfg).eval(), tok, sidecar(cfg, tok)), cells)
+    }
+    if bert_dir is not None:
+        bert = load_cell_model(bert_dir, dictionaries=gf_dicts, device="cpu")
+        models["Geneformer's BERT imported"] = (bert, _remap(cells, tok.genes, bert.tokenizer))
+    out: dict[str, Any] = {}
+    for label, (model, tc) in models.items():
+        ref = None
+        for name in ["fp32", *techniques]:
+            req = {"fp32": CpuTechniques(), "int8": CpuTechniques(quantize="int8"),
+                   "bf16": CpuTechniques(precision="bf16"),
+                   "compile": CpuTechniques(compile=True)}[name]  # fmt: skip
+            tech, notes = resolve(req, torch.device("cpu"))
+            embed_tokens(model, tc.subset(np.arange(min(8, len(tc)))), progress=False,
+                         batch_size=batch, techniques=tech)  # warm-up (compiles)  # fmt: skip
+            times = []
+            for _ in range(repeats):
+                with Clock() as c:
+                    emb = embed_tokens(model, tc, batch_size=batch, progress=False, techniques=tech)
+                times.append(c.times)
+            if ref is None:
+                ref = emb
+            cen = emb - ref.mean(0)
+            rc = ref - ref.mean(0)
+            cos = (cen * rc).sum(1) / np.linalg.norm(cen, axis=1) / np.linalg.norm(rc, axis=1)
+            out[f"{label}, {name}"] = {"times": times, "notes": notes,
+                                       "centred_cos_min": float(cos.min())}  # fmt: skip
+    return out
+
+
 def time_geneformer(
     args: argparse.Namespace, preset: str, tokens_npz: Path, tmp: Path
 ) -> dict[str, Any]:
@@ -240,6 +302,12 @@ def main() -> None:
     ap.add_argument("--gf-loop", action="store_true", help="also time Geneformer's loop alone")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     ap.add_argument("--seed", type=int, default=0, help="seed of the cell subset")
+    ap.add_argument(
+        "--techniques",
+        default="",
+        help="also time LifeLM with these CPU techniques (comma-separated: int8,bf16,compile), "
+        "on its preset and on Geneformer's own BERT imported",
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--preset", "--tokens", "--tmp", "--json", "--token-dict"):
@@ -271,6 +339,17 @@ def main() -> None:
             print(f"{preset}: Geneformer ...", flush=True)
             gf = time_geneformer(args, preset, npz, tmp)
             raw[preset] = {"lifelm": lif, "geneformer": gf}
+            if args.techniques:
+                print(f"{preset}: LifeLM CPU techniques ...", flush=True)
+                bert_dir = tmp / f"bert_{preset}"
+                tt = time_techniques(
+                    tok, cells, preset, args.gf_batch, args.repeats,
+                    args.techniques.split(","), bert_dir if bert_dir.is_dir() else None,
+                    args.gf_dicts,
+                )  # fmt: skip
+                raw[preset]["techniques"] = tt
+                for name, r in tt.items():
+                    rows[f"{preset} | {name}, batch {args.gf_batch}"] = summary(r["times"], n)
             for b in batches:
                 rows[f"{preset} | LifeLM embed_tokens, batch {b}"] = summary(
                     lif[f"embed_tokens@{b}"], n
@@ -300,12 +379,22 @@ def main() -> None:
     print("| --- | --- | ---: | ---: |")
     for preset in presets:
         theirs = rows[f"{preset} | Geneformer EmbExtractor.extract_embs, batch {args.gf_batch}"]
-        for b in batches:
-            ours = rows[f"{preset} | LifeLM embed_tokens, batch {b}"]
+        mine = [
+            (f"LifeLM batch {b}", f"{preset} | LifeLM embed_tokens, batch {b}") for b in batches
+        ]
+        mine += [(k.split(" | ")[1], k) for k in rows if k.startswith(f"{preset} | ") and
+                 ", batch " in k and ("preset, " in k or "imported, " in k)]  # fmt: skip
+        for label, key in mine:
+            ours = rows[key]
             print(
-                f"| {preset} | LifeLM batch {b} / Geneformer batch {args.gf_batch} | "
+                f"| {preset} | {label} / Geneformer batch {args.gf_batch} | "
                 f"{ours['cells_per_s_best'] / theirs['cells_per_s_best']:.1f} | "
                 f"{ours['cells_per_cpu_s_best'] / theirs['cells_per_cpu_s_best']:.1f} |"
+            )
+    for preset in presets:
+        for name, r in raw[preset].get("techniques", {}).items():
+            print(
+                f"{preset} {name}: centred cosine to fp32 (min) {r['centred_cos_min']:.4f} {r['notes']}"
             )
     if args.out:
         result = {

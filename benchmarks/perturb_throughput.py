@@ -11,6 +11,9 @@ gene of each cell, one at a time, and measure the cosine shift of the mean-poole
   (``trunk.embed`` of each perturbed token list), over the first ``--loop-genes`` genes.
 - **LifeLM exact**: :func:`lifelm.tasks.cells.perturb.scan_cells`, every deletion of every cell,
   batched (fp32 on CPU; bf16 on a GPU). Checked against the loop: max |shift difference|.
+- **LifeLM exact + CPU techniques** (``--techniques int8,bf16``): the same scan with
+  ``ScanConfig(techniques=...)`` (what ``lifelm cells perturb --quantize int8`` runs); lossy, so
+  each row also reports its distance from the fp32 scan (max |shift difference|, Spearman, top-20).
 - **LifeLM screen + exact top**: :func:`~lifelm.tasks.cells.perturb.fast_scan`, a first-order
   screen of every gene (one backward pass) and exact recomputation of the top ``--top``
   candidates per cell; rate = genes covered per second; recovery = share of the exact top-k
@@ -110,6 +113,29 @@ def time_lifelm(tok: Any, cells: Any, args: argparse.Namespace) -> dict[str, Any
     out["max_abs_diff_vs_loop"] = float(
         max(abs(ours[int(t)] - loop_shift[order[int(t)]]) for t in genes)
     )
+    from scipy.stats import spearmanr
+
+    from lifelm.tasks.cells.cpu_techniques import CpuTechniques, resolve
+
+    for name in [t for t in args.techniques.split(",") if t]:
+        req = {"int8": CpuTechniques(quantize="int8"), "bf16": CpuTechniques(precision="bf16"),
+               "compile": CpuTechniques(compile=True)}[name]  # fmt: skip
+        tech, notes = resolve(req, torch.device("cpu"))
+        cfg_t = P.ScanConfig(max_tokens=args.max_tokens, techniques=tech)
+        with Clock() as c:
+            res = P.scan_cells(model, cells, config=cfg_t, progress=False)
+        if not (np.array_equal(res.cell, exact.cell) and np.array_equal(res.target, exact.target)):
+            raise RuntimeError(f"{name} scan rows differ from the fp32 scan")
+        top = set(np.argsort(-exact.shift)[:20]) & set(np.argsort(-res.shift)[:20])
+        out[f"exact_{name}"] = {
+            "times": c.times,
+            "n": len(res.shift),
+            "notes": notes,
+            "max_abs_diff_vs_fp32": float(np.abs(res.shift - exact.shift).max()),
+            "max_fp32_shift": float(exact.shift.max()),
+            "spearman_vs_fp32": float(spearmanr(res.shift, exact.shift).statistic),
+            "top20_overlap": len(top),
+        }
     for screen in ("gradient", "rank"):
         with Clock() as c:
             fast, est = P.fast_scan(
@@ -156,6 +182,11 @@ def main() -> None:
     ap.add_argument("--directions", type=int, default=16, help="screen sketch directions")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     ap.add_argument("--skip-geneformer", action="store_true", help="LifeLM only")
+    ap.add_argument(
+        "--techniques",
+        default="",
+        help="also time the exact scan with these CPU techniques (comma-separated: int8,bf16,compile)",
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--tokens", "--tmp", "--json", "--token-dict"):
@@ -187,6 +218,9 @@ def main() -> None:
         add(f"Geneformer InSilicoPerturber (batch {args.gf_batch})", gf["perturb_data"], n_genes)
     add("LifeLM loop, 1 perturbation / forward", lif["loop"]["times"], lif["loop"]["n"])
     add("LifeLM exact batched scan", lif["exact"]["times"], lif["exact"]["n"])
+    for name in [t for t in args.techniques.split(",") if t]:
+        r = lif[f"exact_{name}"]
+        add(f"LifeLM batched scan, {name}", r["times"], r["n"])
     for screen in ("gradient", "rank"):
         r = lif[f"screen_{screen}"]
         add(f"LifeLM {screen} screen + exact top {args.top}", r["times"], r["n"])
@@ -202,6 +236,13 @@ def main() -> None:
         rel = f"{rate / base[3]:.1f} | {crate / base[4]:.1f}" if base else "- | -"
         print(f"| {name} | {w:.1f} | {c:.1f} | {rate:.1f} | {crate:.1f} | {rel} |")
     print(f"\nexact vs loop: max |shift difference| = {lif['max_abs_diff_vs_loop']:.2e}")
+    for name in [t for t in args.techniques.split(",") if t]:
+        r = lif[f"exact_{name}"]
+        print(
+            f"{name} vs fp32 scan: max |shift difference| {r['max_abs_diff_vs_fp32']:.2e} "
+            f"(largest fp32 shift {r['max_fp32_shift']:.2e}), Spearman {r['spearman_vs_fp32']:.4f}, "
+            f"top-20 overlap {r['top20_overlap']}/20 {r['notes']}"
+        )
     for screen in ("gradient", "rank"):
         rec = json.dumps(lif[f"screen_{screen}"]["recovery"])
         print(f"{screen} screen: recovery of the exact top-k = {rec}")
