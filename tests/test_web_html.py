@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import re
 import typing
+from html import unescape
+from typing import Literal
 
 import pytest
 
@@ -21,7 +23,9 @@ from fastapi.testclient import TestClient
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web_html")
-    app, _settings, tokens = make_service(tmp, run_scheduler=False)
+    from lifelm.cli.serve import describe_options
+
+    app, _settings, tokens = make_service(tmp, run_scheduler=False, cli_options=describe_options)
     from lifelm.service.db import Model, Project
 
     with app.state.sessions() as s:  # a registry record (the pages read only its card)
@@ -195,6 +199,7 @@ def test_every_input_has_a_label(env) -> None:
 def test_launch_forms_are_the_job_specs(env) -> None:
     from pydantic import BaseModel
 
+    from lifelm.cli.serve import describe_options
     from lifelm.service import specs
     from lifelm.service.web import forms
 
@@ -217,14 +222,26 @@ def test_launch_forms_are_the_job_specs(env) -> None:
             else:
                 expected.add(name)
         assert names == expected, task
-        for f in forms.form_fields(task):
-            if f.kind in ("int", "float", "text") and f.default is not None:
+        for f in forms.form_fields(task, describe_options):
+            if f.kind in ("int", "float", "text") and f.default not in (None, []):
                 assert re.search(rf'name="{re.escape(f.name)}"[^>]*value="{re.escape(str(f.default))}"',
                                  html), (task, f.name)  # fmt: skip
             if f.kind == "choice":
                 info = model.model_fields[f.name]
-                assert f.choices == tuple(typing.get_args(info.annotation))
-                assert f'<option value="{info.default}" selected>' in html
+                if info.annotation is bool:
+                    assert f.choices == ("true", "false")
+                elif typing.get_origin(info.annotation) is Literal:
+                    assert f.choices == tuple(typing.get_args(info.annotation))
+                else:  # a plain string the CLI parser checks: the form offers the CLI's choices
+                    flag = "--" + f.name.replace("_", "-")
+                    assert f.choices == describe_options(tuple(task.split(".")))[flag]["choices"]
+                assert f'<option value="{f.value}" selected>' in html
+    # choices and help texts of plain options come from the CLI itself
+    annotate = alice.get("/web/projects/lab_a/launch/cells.annotate").text
+    assert re.search(r'<select id="f-method" name="method"', annotate)
+    cli_help = describe_options(("cells", "annotate"))["--label-key"]["help"]
+    assert cli_help
+    assert cli_help in unescape(annotate)
     # help texts come from the spec's descriptions
     assert specs.Resources.model_fields["max_hours"].description in alice.get(
         "/web/projects/lab_a/launch/genomes.qc").text  # fmt: skip

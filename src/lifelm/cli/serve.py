@@ -82,7 +82,7 @@ def serve(
     settings = Settings(
         data_dir=data_dir, database_url=database_url, executor=executor.value,
         cpu_slots=cpu_slots, gpu_slots=gpu_slots, max_upload_bytes=int(max_upload_gb * 1024**3),
-        argv_check=check_argv, bench_data=bench_data,
+        argv_check=check_argv, cli_options=describe_options, bench_data=bench_data,
     )  # fmt: skip
     check_argv(["version"])  # build the CLI's parser now, not in the first submission
     # keep-alive above uvicorn's 5 s: a client reusing a connection the server is closing at
@@ -184,6 +184,37 @@ def check_argv(argv: list[str]) -> None:
             ctx = sub.make_context(name, args, parent=ctx)
     except _CLICK_ERROR as e:
         raise ValueError(getattr(e, "format_message", e.__str__)()) from None
+
+
+def describe_options(path: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Help text and choices of every option of ``lifelm PATH…``, keyed by each of its flags.
+
+    The web page's launch forms show these next to the job spec's fields, so a form says what
+    ``lifelm … --help`` says. Unknown paths give an empty mapping.
+    """
+    import typer
+
+    from lifelm.cli import app as root
+
+    cmd = _root_command(root, typer)
+    ctx = cmd.context_class(cmd, info_name="lifelm")
+    for name in path:
+        if not hasattr(cmd, "get_command"):
+            return {}
+        cmd = cmd.get_command(ctx, name)
+        if cmd is None:
+            return {}
+    out: dict[str, dict[str, Any]] = {}
+    for param in getattr(cmd, "params", []):
+        if getattr(param, "param_type_name", "") != "option":  # typer vendors its own click
+            continue
+        kind = getattr(param, "type_descriptor", None) or getattr(param, "type", None)
+        choices = tuple(str(getattr(c, "value", c)) for c in getattr(kind, "choices", None) or ())
+        info = {"help": " ".join((param.help or "").split()), "choices": choices}
+        for flag in [*param.opts, *param.secondary_opts]:
+            if flag.startswith("--"):
+                out[flag] = info
+    return out
 
 
 @functools.cache

@@ -72,6 +72,8 @@ class Settings:
     # the CLI's parser (lifelm.cli hands it in: the service may not import the CLI); given the
     # argv a spec builds, it raises ValueError with the CLI's message when the CLI refuses it
     argv_check: Callable[[list[str]], None] | None = None
+    # the CLI's help texts and choices per option flag of a command path (for the web forms)
+    cli_options: Callable[[tuple[str, ...]], dict[str, dict[str, Any]]] | None = None
     bench_data: Path | None = None  # data folder for bench.perturbation jobs
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,8 +20,6 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from lifelm.service import specs
-
-DATASET_FIELDS = ("dataset", "reference")
 
 
 @dataclass(frozen=True)
@@ -37,6 +36,7 @@ class FormField:
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: bool = False
+    dataset_kinds: tuple[str, ...] = ()  # the dataset kinds a dataset(s) input accepts
 
     @property
     def input_id(self) -> str:
@@ -48,6 +48,8 @@ class FormField:
             return ""
         if isinstance(self.default, list):
             return ""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
         return str(self.default)
 
 
@@ -90,8 +92,13 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _help(info: FieldInfo, kind: str, lo: float | None, hi: float | None, excl: bool) -> str:
-    parts = [info.description.rstrip(".") + "." if info.description else ""]
+def _help(
+    info: FieldInfo, kind: str, lo: float | None, hi: float | None, excl: bool, cli_help: str = ""
+) -> str:
+    text = info.description or cli_help
+    parts = [text.rstrip(".") + "." if text else ""]
+    if kind == "list":
+        parts.append("Several values separated by commas or new lines.")
     if kind in ("int", "float") and (lo is not None or hi is not None):
         lo_s = f"{'>' if excl else '≥'} {_num(lo)}" if lo is not None else ""
         hi_s = f"≤ {_num(hi)}" if hi is not None else ""
@@ -108,7 +115,13 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def _field(name: str, info: FieldInfo) -> FormField:
+def _field(
+    name: str,
+    info: FieldInfo,
+    inputs: dict[str, tuple[str, ...]] | None = None,
+    models: tuple[str, ...] = (),
+    cli: dict[str, dict[str, Any]] | None = None,
+) -> FormField:
     tp, optional = _unwrap_optional(info.annotation)
     lo, hi, excl = _bounds(info)
     default = info.get_default(call_default_factory=True)
@@ -116,11 +129,10 @@ def _field(name: str, info: FieldInfo) -> FormField:
         default = None
     required = info.is_required()
     choices: tuple[str, ...] = ()
-    if name in DATASET_FIELDS:
-        kind = "dataset"
-    elif name == "datasets":
-        kind = "datasets"
-    elif name == "model":
+    dataset_kinds = (inputs or {}).get(name, ())
+    if dataset_kinds:
+        kind = "datasets" if typing.get_origin(tp) is list else "dataset"
+    elif name in models:
         kind = "model"
     elif typing.get_origin(tp) is Literal:
         kind, choices = "choice", tuple(str(c) for c in typing.get_args(tp))
@@ -130,21 +142,36 @@ def _field(name: str, info: FieldInfo) -> FormField:
         kind = "int"
     elif tp is float:
         kind = "float"
+    elif typing.get_origin(tp) is list:
+        kind = "list"
     else:
         kind = "text"
+    # the CLI's own help text and choices for the option this field becomes
+    option = (cli or {}).get("--" + name.split(".")[-1].replace("_", "-"), {})
+    if kind == "text" and option.get("choices"):
+        kind, choices = "choice", tuple(option["choices"])
     label = name.split(".")[-1].replace("_", " ")
     if optional:
         label += " (optional)"
     return FormField(
         name=name, label=label, kind=kind, default=default, required=required,
-        help=_help(info, kind, lo, hi, excl), choices=choices, minimum=lo, maximum=hi,
-        exclusive_minimum=excl,
+        help=_help(info, kind, lo, hi, excl, option.get("help", "")), choices=choices, minimum=lo, maximum=hi,
+        exclusive_minimum=excl, dataset_kinds=dataset_kinds,
     )  # fmt: skip
 
 
-def form_fields(task: str) -> list[FormField]:
-    """The inputs of ``task``'s launch form, in the spec's field order (resources last)."""
+def form_fields(
+    task: str, cli_options: Callable[[tuple[str, ...]], dict[str, dict[str, Any]]] | None = None
+) -> list[FormField]:
+    """The inputs of ``task``'s launch form, in the spec's field order (resources last).
+
+    ``cli_options`` (the server's ``Settings.cli_options``) gives the CLI's help texts and
+    choices for the command the task runs; without it the spec's own descriptions are shown.
+    """
     model = spec_models()[task]
+    cli = cli_options(tuple(task.split("."))) if cli_options is not None else {}
+    inputs: dict[str, tuple[str, ...]] = dict(getattr(model, "inputs", {}))
+    models: tuple[str, ...] = tuple(getattr(model, "uses_models", ()))
     fields: list[FormField] = []
     nested: list[FormField] = []
     for name, info in model.model_fields.items():
@@ -155,7 +182,7 @@ def form_fields(task: str) -> list[FormField]:
             for sub, sub_info in tp.model_fields.items():
                 nested.append(_field(f"{name}.{sub}", sub_info))
             continue
-        fields.append(_field(name, info))
+        fields.append(_field(name, info, inputs, models, cli))
     return fields + nested
 
 
@@ -168,6 +195,11 @@ def spec_from_form(task: str, form: dict[str, list[str]]) -> dict[str, Any]:
         if f.kind == "datasets":
             value: Any = values
             if not values:
+                continue
+        elif f.kind == "list":
+            value = [x.strip() for v in values for x in v.replace(",", "\n").splitlines()]
+            value = [x for x in value if x]
+            if not value:
                 continue
         elif not values:
             continue

@@ -369,14 +369,13 @@ async def _launch_ctx(request: Request, project: str, task: str) -> dict[str, An
         raise WebError(404, f"no task {task!r}; tasks: {', '.join(forms.spec_models())}")
     _need_write(proj)
     base = bridge.path("v1", "projects", project)
-    from lifelm.service.specs import INPUT_KIND
-
-    kind = INPUT_KIND[task]
-    data = [d for d in _ok(await api(request, "GET", base + "/datasets")) if d["kind"] == kind]
+    fields = forms.form_fields(task, request.app.state.settings.cli_options)
+    kinds = {k for f in fields for k in f.dataset_kinds}
+    data = [d for d in _ok(await api(request, "GET", base + "/datasets")) if d["kind"] in kinds]
     models = _ok(await api(request, "GET", base + "/models"))
     return {
-        "project": proj, "task": task, "summary": forms.task_summary(task), "kind": kind,
-        "fields": forms.form_fields(task), "datasets": data,
+        "project": proj, "task": task, "summary": forms.task_summary(task),
+        "fields": fields, "datasets": data,
         "models": [f"{m['name']}:{m['version']}" for m in models],
     }  # fmt: skip
 
