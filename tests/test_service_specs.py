@@ -97,6 +97,9 @@ EXAMPLES: dict[str, list[dict]] = {
          "strategies": ["greedy", "diversity"], "rounds": 2, "batch_size": 4,
          "expression": "c.h5ad", "model": M, "pool": "pool.txt", "backend": "pylabrobot",
          "positive_control": "-x", "noise_sd": 0.1, "seed": 2},
+        {"screen": "ps.h5ad", "setting": "perturbseq", "strategies": ["greedy"],
+         "surrogate": "mc_dropout", "mc_samples": 8, "perturbation_key": "perturbation",
+         "control": ["ctrl", "NT"], "gi_map": "gi.csv", "top_fraction": 0.2},
     ],
 }  # fmt: skip
 COMMAND = {t: t.split(".") for t in specs.TASKS}
@@ -163,8 +166,7 @@ def test_full_examples_write_every_field(paths: specs.Paths) -> None:
     """Every field a full example sets shows up on the command line (as its value, or as the
     flag of a boolean), so a field the command forgets to pass fails here."""
     skip = {"model", "tokenizer_model", "model_name", "save_model", "store_name", "resources"}
-    for task, exs in EXAMPLES.items():
-        ex = exs[-1]
+    for task, ex in [(t, ex) for t, exs in EXAMPLES.items() for ex in exs[1:]]:
         argv = (
             TypeAdapter(specs.JobSpec)
             .validate_python({"task": task, **ex})
@@ -188,6 +190,7 @@ def test_full_examples_write_every_field(paths: specs.Paths) -> None:
         ("cells.targets", "method", "magic", "'magic' is not one of"),
         ("genomes.lineages", "probe", "svm", "'svm' is not one of 'logreg', 'knn'"),
         ("lab.run", "direction", "sideways", "'sideways' is not one of 'both', 'up', 'down'"),
+        ("lab.run", "surrogate", "gp", "'gp' is not one of 'forest', 'mc_dropout'"),
         ("genomes.finetune", "mode", "codon", "'codon' is not one of 'orf', 'genome'"),
     ],
 )

@@ -581,11 +581,20 @@ class LabRun(_Spec):
     positive_control: Text | None = None
     noise_sd: float | None = Field(None, ge=0)
     seed: Seed = 0
+    # the Perturb-seq setting (an h5ad screen) and the model behind the strategies
+    setting: Choice | None = None
+    surrogate: Choice = "forest"
+    mc_samples: int | None = Field(None, ge=2, le=1000)
+    perturbation_key: Key | None = None
+    control: list[Text] = Field(default_factory=list, max_length=16)
+    gi_map: DatasetName | None = None
+    top_fraction: float | None = Field(None, gt=0, lt=1)
     inputs: ClassVar = {
-        "screen": (TABLE,),
+        "screen": (TABLE, H5AD),
         "hits": (TABLE,),
         "expression": (H5AD,),
         "pool": (TABLE,),
+        "gi_map": (TABLE,),
     }
     uses_models: ClassVar = ("model",)
     resumes: ClassVar = "flag"
@@ -602,6 +611,11 @@ class LabRun(_Spec):
             *_opt("--pool", self.pool and p.datasets[self.pool]), f"--backend={self.backend}",
             *_opt("--positive-control", self.positive_control),
             *_opt("--noise-sd", self.noise_sd), f"--seed={self.seed}",
+            *_opt("--setting", self.setting), f"--surrogate={self.surrogate}",
+            *_opt("--mc-samples", self.mc_samples),
+            *_opt("--perturbation-key", self.perturbation_key), *_many("--control", self.control),
+            *_opt("--gi-map", self.gi_map and p.datasets[self.gi_map]),
+            *_opt("--top-fraction", self.top_fraction),
             *(["--resume"] if resume else []),
         ]  # fmt: skip
 
