@@ -41,6 +41,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 
 import lifelm.cells as lc
 from lifelm.training.loop import TrainConfig
@@ -308,6 +309,23 @@ def finetune_vs_baselines(args: argparse.Namespace) -> None:
     pred_q = np.asarray(ct_classes)[p_q.argmax(1)]
     truth_q = query.obs["cell_type"].astype(str).to_numpy()
     ct_query = _query_scores(truth_q, PBMC_LABEL_MAP, classes, {"ct": pred_q})["ct"]
+    # annotate's own baseline and the majority class on the same split, printed before any model
+    # trains (fine-tuning takes minutes; these are what every model row is read against)
+    from lifelm.evaluation.baselines.annotation import PcaLogReg
+
+    pca = PcaLogReg.fit(ref_l[tr].copy(), y[tr], seed=0)
+    base = _query_scores(truth_q, PBMC_LABEL_MAP, classes, {"pca": pca.predict(query)})["pca"]
+    majority = pd.Series(y[tr]).value_counts().index[0]
+    print(
+        f"baselines on annotate's split ({len(tr)} train / {len(ho)} held-out reference cells):\n"
+        f"  majority ({majority}): held-out {(y[ho] == majority).mean():.3f}\n"
+        f"  PCA + logreg: held-out {(pca.predict(ref_l[ho].copy()) == y[ho]).mean():.3f}, "
+        f"query {base['accuracy']:.3f} (all) / {base['accuracy_mapped']:.3f} (mapped)\n"
+        f"  CellTypist-style logreg ({n_genes} genes, {ct_s:.0f} s): held-out "
+        f"{(pred_ho == y[ho]).mean():.3f}, query {ct_query['accuracy']:.3f} (all) / "
+        f"{ct_query['accuracy_mapped']:.3f} (mapped)",
+        flush=True,
+    )
     rows: list[dict] = []
     results: dict = {
         "celltypist_style": {
