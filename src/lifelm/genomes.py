@@ -26,12 +26,11 @@ Typical use::
     emb = lg.embed("genomes.fasta", model, mode="genome")   # seqName, emb_0 ...
     scores = lg.score("genomes.fasta", model)          # seqName, log_likelihood, ...
     scan = lg.score_mutations(None, model)             # every single-nucleotide change of Wuhan-Hu-1
-    warnings = lg.warn(...)                            # lifelm.tasks.genomes.warning, when present
+    result = lg.warn(table, genomes, model=model.module)  # early-warning scores per new lineage
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from lifelm.tasks.genomes.codon_lm import (
 )
 from lifelm.tasks.genomes.mutations import call_mutations
 from lifelm.tasks.genomes.qc import genome_qc
+from lifelm.tasks.genomes.warning import warn
 
 __all__ = [
     "CodonModel",
@@ -64,7 +64,8 @@ __all__ = [
     "reference",
     "score",
     "score_mutations",
-]  # and `warn`, resolved lazily by __getattr__ (it lives in lifelm.tasks.genomes.warning)
+    "warn",
+]
 
 Sequences = str | Path | Mapping[str, str] | Iterable[tuple[str, str]]
 Mode = Literal["orf", "genome"]
@@ -298,22 +299,3 @@ def generate(
         max_codons=max_codons,
         seed=seed,
     )
-
-
-def __getattr__(name: str) -> Any:
-    """``warn`` comes from ``lifelm.tasks.genomes.warning`` (the early-warning backtest)."""
-    if name == "warn":
-        try:
-            module = importlib.import_module("lifelm.tasks.genomes.warning")
-        except ModuleNotFoundError as err:
-            if err.name != "lifelm.tasks.genomes.warning":
-                raise
-            raise ImportError(
-                "lifelm.genomes.warn needs lifelm.tasks.genomes.warning (the early-warning "
-                "backtest), which this installation does not have yet"
-            ) from err
-        fn = getattr(module, "warn", None)
-        if fn is None:
-            raise ImportError("lifelm.tasks.genomes.warning has no `warn` function")
-        return fn
-    raise AttributeError(f"module 'lifelm.genomes' has no attribute {name!r}")
