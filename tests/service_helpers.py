@@ -36,6 +36,21 @@ def backend_url(backend: str, tmp: Path) -> str:
     return url
 
 
+def owner_token(app, *, project: str = "lab", cpu_hours: float = 50, user: str = "u") -> str:
+    """Create ``user`` as the owner of a new ``project`` in ``app``'s database; return a token."""
+    from lifelm.service import auth
+    from lifelm.service.db import Membership, Project, User
+
+    with app.state.sessions() as s:
+        u, p = User(name=user), Project(name=project, cpu_hours=cpu_hours)
+        s.add_all([u, p])
+        s.flush()
+        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
+        _, secret = auth.issue(s, u)
+        s.commit()
+    return secret
+
+
 def write_fasta(path: Path, n: int = 3, *, bad: bool = False) -> Path:
     """A tiny FASTA (plain, .gz or .xz by suffix); ``bad`` puts a digit in a sequence."""
     import random

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service_helpers import write_cells
+from service_helpers import owner_token, write_cells
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -23,8 +23,6 @@ from lifelm.service.app import Settings, create_app
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from lifelm.data.store.build import CorpusConfig, build_corpus
-    from lifelm.service import auth
-    from lifelm.service.db import Membership, Project, User
 
     tmp = tmp_path_factory.mktemp("corpus")
     cells = write_cells(tmp / "cells.h5ad", n_cells=60)
@@ -34,13 +32,7 @@ def env(tmp_path_factory):
     settings = Settings(data_dir=tmp / "data", run_scheduler=False, max_upload_bytes=5_000_000,
                         argv_check=check_argv)  # fmt: skip
     app = create_app(settings)
-    with app.state.sessions() as s:
-        u, p = User(name="u"), Project(name="lab", cpu_hours=50)
-        s.add_all([u, p])
-        s.flush()
-        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
-        _, secret = auth.issue(s, u)
-        s.commit()
+    secret = owner_token(app, cpu_hours=50)
     with TestClient(app) as http:
         http.headers["Authorization"] = f"Bearer {secret}"
         assert http.put("/v1/projects/lab/datasets/cells.h5ad",

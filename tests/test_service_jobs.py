@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from service_helpers import wait_for, write_cells
+from service_helpers import owner_token, wait_for, write_cells
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -67,18 +67,10 @@ pytestmark = pytest.mark.slow
 def lab(tmp_path_factory):
     """A server (SQLite, two CPU slots) with project ``lab``, its inputs uploaded and the
     first job of each chain submitted."""
-    from lifelm.service import auth
-    from lifelm.service.db import Membership, Project, User
 
     tmp = tmp_path_factory.mktemp("jobs")
     app = create_app(Settings(data_dir=tmp / "data", tick=0.2, cpu_slots=2, argv_check=check_argv))
-    with app.state.sessions() as s:
-        u, p = User(name="u"), Project(name="lab", cpu_hours=50)
-        s.add_all([u, p])
-        s.flush()
-        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
-        _, secret = auth.issue(s, u)
-        s.commit()
+    secret = owner_token(app, cpu_hours=50)
     screen, hits = _write_screen(tmp)
     files = {
         "cds.fa": _write_cds(tmp / "cds.fa"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service_helpers import wait_for, write_fasta
+from service_helpers import owner_token, wait_for, write_fasta
 
 pytest.importorskip("fastapi")
 from lifelm.service.executors import SlurmExecutor
@@ -38,21 +38,13 @@ pytestmark = pytest.mark.skipif(_slurm_reason() is not None, reason=str(_slurm_r
 def served(tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from lifelm.service import auth
     from lifelm.service.app import Settings, create_app
-    from lifelm.service.db import Membership, Project, User
 
     tmp = tmp_path_factory.mktemp("slurm")
     from lifelm.cli.serve import check_argv
 
     app = create_app(Settings(data_dir=tmp / "data", tick=0.3, cpu_slots=2, argv_check=check_argv))
-    with app.state.sessions() as s:
-        u, p = User(name="u"), Project(name="lab", cpu_hours=50)
-        s.add_all([u, p])
-        s.flush()
-        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
-        _, secret = auth.issue(s, u)
-        s.commit()
+    secret = owner_token(app, cpu_hours=50)
     with TestClient(app) as http:
         http.headers["Authorization"] = f"Bearer {secret}"
         f = write_fasta(tmp / "g.fa", n=4)

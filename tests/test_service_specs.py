@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service_helpers import owner_token
+
 pytest.importorskip("fastapi")
 from pydantic import TypeAdapter, ValidationError
 
@@ -78,8 +80,10 @@ EXAMPLES: dict[str, list[dict]] = {
          "mode": "genome", "row_len": 128, "steps": 2, "batch_size": 2, "lr": 0.01,
          "warmup": 1, "checkpoint_every": 1, "seed": 1},
     ],
-    "genomes.embed": [{"dataset": "g.fa", "model": M}, {"dataset": "g.fa", "model": M, "context": 64}],
-    "genomes.score": [{"dataset": "g.fa", "model": M}, {"dataset": "g.fa", "model": M, "context": 64}],
+    "genomes.embed": [{"dataset": "g.fa", "model": M},
+                      {"dataset": "g.fa", "model": M, "context": 64, "mode": "genome"}],
+    "genomes.score": [{"dataset": "g.fa", "model": M},
+                      {"dataset": "g.fa", "model": M, "context": 64, "mode": "genome"}],
     "genomes.lineages": [
         {"embeddings": "emb.tsv", "labels": "labels.tsv"},
         {"embeddings": "emb.tsv", "labels": "labels.tsv", "genomes": "g.fa",
@@ -308,19 +312,11 @@ def test_finish_registers_what_each_training_spec_trains(tmp_path: Path) -> None
 def test_a_job_whose_input_was_deleted_fails_instead_of_hanging(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from lifelm.service import auth
     from lifelm.service.app import Settings, create_app
-    from lifelm.service.db import Membership, Project, User
     from service_helpers import write_fasta
 
     app = create_app(Settings(data_dir=tmp_path, run_scheduler=False, argv_check=check_argv))
-    with app.state.sessions() as s:
-        u, p = User(name="u"), Project(name="lab", cpu_hours=5)
-        s.add_all([u, p])
-        s.flush()
-        s.add(Membership(user_id=u.id, project_id=p.id, role="owner"))
-        _, secret = auth.issue(s, u)
-        s.commit()
+    secret = owner_token(app, cpu_hours=5)
     with TestClient(app) as http:
         http.headers["Authorization"] = f"Bearer {secret}"
         f = write_fasta(tmp_path / "g.fa")

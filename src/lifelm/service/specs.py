@@ -464,37 +464,40 @@ class GenomesFinetune(_Training):
         ]  # fmt: skip
 
 
-class GenomesEmbed(_Spec):
-    """``lifelm genomes embed``: one embedding row per genome in ``out/embeddings.tsv``."""
+class _CodonModelRun(_Spec):
+    """A codon model read over a FASTA dataset, ORF by ORF or one document per genome."""
 
-    task: Literal["genomes.embed"]
     dataset: DatasetName
     model: ModelRef
     context: int = Field(1024, ge=2, le=65536)
+    mode: Choice = "orf"
     inputs: ClassVar = {"dataset": (FASTA,)}
     uses_models: ClassVar = ("model",)
+    command_name: ClassVar[str] = ""
+    out_file: ClassVar[str] = ""
 
     def argv(self, p: Paths, *, resume: bool) -> list[str]:
-        return ["genomes", "embed", p.datasets[self.dataset], f"--model={p.models[self.model]}",
-                "--out=out/embeddings.tsv", f"--context={self.context}",
+        return ["genomes", self.command_name, p.datasets[self.dataset],
+                f"--model={p.models[self.model]}", f"--out=out/{self.out_file}",
+                f"--context={self.context}", f"--mode={self.mode}",
                 f"--device={self.device}"]  # fmt: skip
 
 
-class GenomesScore(_Spec):
+class GenomesEmbed(_CodonModelRun):
+    """``lifelm genomes embed``: one embedding row per genome in ``out/embeddings.tsv``."""
+
+    task: Literal["genomes.embed"]
+    command_name: ClassVar[str] = "embed"
+    out_file: ClassVar[str] = "embeddings.tsv"
+
+
+class GenomesScore(_CodonModelRun):
     """``lifelm genomes score``: genome log-likelihoods (``out/scores.tsv``) and per-substitution
     ratios (``out/scores.mutations.tsv``)."""
 
     task: Literal["genomes.score"]
-    dataset: DatasetName
-    model: ModelRef
-    context: int = Field(1024, ge=2, le=65536)
-    inputs: ClassVar = {"dataset": (FASTA,)}
-    uses_models: ClassVar = ("model",)
-
-    def argv(self, p: Paths, *, resume: bool) -> list[str]:
-        return ["genomes", "score", p.datasets[self.dataset], f"--model={p.models[self.model]}",
-                "--out=out/scores.tsv", f"--context={self.context}",
-                f"--device={self.device}"]  # fmt: skip
+    command_name: ClassVar[str] = "score"
+    out_file: ClassVar[str] = "scores.tsv"
 
 
 class GenomesLineages(_Spec):
