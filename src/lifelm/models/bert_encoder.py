@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelm.models.pooling import PAD_ID, gene_mean
+from lifelm.models.pooling import PAD_ID, gene_mean, key_mask
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -211,9 +211,7 @@ class BertEncoder(nn.Module):
                 g = torch.cat([g, g.new_ones(b, 1)], 1)
                 g = torch.where(is_eos, torch.ones_like(g), g)
         x = self.embed_norm(x)  # (B, W, D) = hidden_states[0]
-        mask = k[:, None, None, :]
-        if g is not None:
-            mask = torch.log(g)[:, None, None, :].masked_fill(~mask, float("-inf")).to(x.dtype)
+        mask = key_mask(k, g, x.dtype)
         for layer in self.layers[: cfg.output_layer]:
             x = layer(x, mask)
         out = x.new_zeros(b, t, x.shape[-1])

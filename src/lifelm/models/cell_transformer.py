@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lifelm.models.pooling import PAD_ID, gene_mean
+from lifelm.models.pooling import PAD_ID, gene_mean, key_mask
 from lifelm.models.presets import lookup_preset
 
 if TYPE_CHECKING:
@@ -190,14 +190,9 @@ class CellTransformer(nn.Module):
             attention_mask = input_ids.ne(PAD_ID)
         x = self.input_embedding(input_ids) if inputs_embeds is None else inputs_embeds
         x = self.embed_drop(self.embed_norm(x))  # (B, T, D)
-        keep = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T), True = attend
-        if gate is None:
-            key_mask = keep
-        else:  # float mask: SDPA adds it to the scores
-            key_mask = torch.log(gate)[:, None, None, :].masked_fill(~keep, float("-inf"))
-            key_mask = key_mask.to(x.dtype)
+        mask = key_mask(attention_mask, gate, x.dtype)  # (B, 1, 1, T)
         for block in self.blocks:
-            x = block(x, key_mask)
+            x = block(x, mask)
         return self.final_norm(x)
 
     def pool(

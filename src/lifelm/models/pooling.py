@@ -1,4 +1,5 @@
-"""The cell embedding both cell encoders share: a mean over gene tokens."""
+"""What both cell encoders share: the attention key mask (with its gate) and the cell embedding,
+a mean over gene tokens."""
 
 from __future__ import annotations
 
@@ -21,3 +22,16 @@ def gene_mean(
     denom = mask.sum(1, keepdim=True)
     denom = denom.masked_fill(denom == 0, 1.0)  # an empty cell pools to 0, not NaN
     return (hidden * mask[..., None]).sum(1) / denom
+
+
+def key_mask(keep: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Attention key mask (B, 1, 1, T) from ``keep`` (B, T; True = a real token).
+
+    Without ``gate`` the boolean mask itself; with ``gate`` (B, T) the float mask SDPA adds to
+    the scores: ``log gate`` on every key (``gate = 1`` is the plain model, ``gate -> 0`` removes
+    the token), ``-inf`` on padding.
+    """
+    mask = keep.bool()[:, None, None, :]
+    if gate is None:
+        return mask
+    return torch.log(gate)[:, None, None, :].masked_fill(~mask, float("-inf")).to(dtype)
