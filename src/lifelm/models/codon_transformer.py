@@ -166,16 +166,27 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        B, T, D = x.shape
-        H, hd = self.cfg.n_heads, self.cfg.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, hd)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._qkv(x, cos, sin)
         drop = self.cfg.dropout if self.training else 0.0
         if mask is None:  # one document per row, right padding: plain causal is exact
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
         else:  # packed rows: block-diagonal causal mask (B, 1, T, T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return self._merge(y)
+
+    def _qkv(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (both rotated) and values, each (B, H, T, hd)."""
+        B, T, _ = x.shape
+        H, hd = self.cfg.n_heads, self.cfg.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Heads (B, H, T, hd) back to (B, T, D) through the output projection."""
+        B, _, T, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def step(
         self,
@@ -189,10 +200,8 @@ class Attention(nn.Module):
         ``cos``/``sin`` are the rotary tables of the new tokens' absolute positions. Returns the
         output and the cache extended by the new keys and values (B, H, past + T, hd).
         """
-        B, T, D = x.shape
-        H, hd = self.cfg.n_heads, self.cfg.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        T = x.shape[1]
+        q, k, v = self._qkv(x, cos, sin)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         n_past = k.shape[2] - T
@@ -201,7 +210,7 @@ class Attention(nn.Module):
         else:  # new token i sees the cache and new tokens 0..i
             allowed = torch.ones(T, n_past + T, dtype=torch.bool, device=x.device).tril(n_past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v)
+        return self._merge(y), (k, v)
 
 
 class FeedForward(nn.Module):
