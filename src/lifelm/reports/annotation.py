@@ -97,6 +97,30 @@ def _query_table(info: dict[str, Any]) -> pd.DataFrame | None:
     return pd.DataFrame(rows).T
 
 
+def draw_confusion(
+    ax: Any,
+    counts: np.ndarray,
+    true: list[str],
+    predicted: list[str],
+    *,
+    true_label: str = "true",
+) -> None:
+    """Draw a confusion matrix on a matplotlib axis: rows true, columns predicted, shaded by the
+    row fraction, each non-zero cell labelled with its count."""
+    m = np.asarray(counts, dtype=float)
+    frac = m / np.maximum(m.sum(1, keepdims=True), 1)
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
+    ax.set_xticks(range(m.shape[1]), predicted, rotation=60, ha="right")
+    ax.set_yticks(range(m.shape[0]), true)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel(true_label)
+
+
 def _scatter(ax: Any, xy: np.ndarray, labels: pd.Series, title: str, colors: dict) -> None:
     for c in sorted(pd.unique(labels.astype(str))):
         m = (labels.astype(str) == c).to_numpy()
@@ -135,18 +159,10 @@ def _figures(
     conf = info.get("query", {}).get("confusion")
     if conf:
         m = np.asarray(conf["counts"], dtype=float)
-        frac = m / np.maximum(m.sum(1, keepdims=True), 1)
         fig, ax = plt.subplots(figsize=(1 + 0.6 * m.shape[1], 1 + 0.5 * m.shape[0]))
-        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                if m[i, j]:
-                    ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                            color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
-        ax.set_xticks(range(m.shape[1]), conf["predicted"], rotation=60, ha="right")
-        ax.set_yticks(range(m.shape[0]), conf["true"])
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true (after the label map)")
+        draw_confusion(
+            ax, m, conf["true"], conf["predicted"], true_label="true (after the label map)"
+        )
         figs.append(
             ("Confusion matrix on the query (rows: true; shading: row fraction)", _png(fig))
         )

@@ -96,19 +96,11 @@ def loss_svg(metrics: Path, baseline: float | None) -> str:
 
 def confusion_svg(table: Any) -> str:
     """Row-normalised confusion matrix (``table``: a pandas crosstab, true × predicted)."""
+    from lifelm.reports.annotation import draw_confusion
+
     m = table.to_numpy(dtype=float)
-    frac = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = _figure(1.5 + 0.55 * m.shape[1], 1.2 + 0.45 * m.shape[0])
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
-                        color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
-    ax.set_xticks(range(m.shape[1]), [str(c) for c in table.columns], rotation=60, ha="right")
-    ax.set_yticks(range(m.shape[0]), [str(r) for r in table.index])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    draw_confusion(ax, m, [str(r) for r in table.index], [str(c) for c in table.columns])
     return _svg(fig)
 
 
