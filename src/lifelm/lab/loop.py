@@ -357,22 +357,10 @@ def run_loop(
                 break
             obs = _observations(frames)
             remaining = [g for g in genes if g not in tested]
-            extra = _extra(learner, obs, remaining)
-            sel = select_batch(
-                config.strategy,
-                pool=remaining,
-                features=feats,
-                obs=obs,
-                batch_size=config.batch_size,
-                round_index=r,
-                seed=config.seed,
-                direction=screen.direction,
-                use_neighbours="neighbours" in config.feature_sources,
-                n_estimators=config.n_estimators,
-                surrogate=config.surrogate,
-                mc_samples=config.mc_samples,
-                extra=extra,
-            )
+            sel = _select(
+                config, screen, config.strategy, remaining, feats, obs, learner,
+                batch_size=config.batch_size, round_index=r,
+            )  # fmt: skip
             res = lab.run(r, sel.genes)
             table = res.table.copy()
             if list(table.gene.astype(str)) != sel.genes:
@@ -416,13 +404,39 @@ def _learner_view(arrays: Mapping[str, np.ndarray], table: pd.DataFrame) -> dict
     }
 
 
-def _extra(
-    learner: Learner | None, obs: Observations, pool: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    if learner is None or len(obs) == 0:
-        return None
-    x_train, x_pool, _names = learner.features(obs.genes, pool)
-    return x_train, x_pool
+def _select(
+    config: LoopConfig,
+    screen: Screen,
+    strategy: str,
+    pool: list[str],
+    feats: GeneFeatures,
+    obs: Observations,
+    learner: Learner | None,
+    *,
+    batch_size: int,
+    round_index: int,
+) -> Selection:
+    """``select_batch`` with the loop's settings (seed, direction, surrogate, features) and the
+    learner's per-round features of the tested genes and the pool."""
+    extra = None
+    if learner is not None and len(obs) > 0:
+        x_train, x_pool, _names = learner.features(obs.genes, pool)
+        extra = (x_train, x_pool)
+    return select_batch(
+        strategy,
+        pool=pool,
+        features=feats,
+        obs=obs,
+        batch_size=batch_size,
+        round_index=round_index,
+        seed=config.seed,
+        direction=screen.direction,
+        use_neighbours="neighbours" in config.feature_sources,
+        n_estimators=config.n_estimators,
+        surrogate=config.surrogate,
+        mc_samples=config.mc_samples,
+        extra=extra,
+    )
 
 
 def _write_state(
@@ -462,21 +476,10 @@ def _final_ranking(
     remaining = [g for g in genes if g not in tested]
     pred = None
     if remaining and (feats.matrix.shape[1] or learner is not None):
-        sel = select_batch(
-            "greedy",
-            pool=remaining,
-            features=feats,
-            obs=obs,
-            batch_size=1,
-            round_index=config.rounds,
-            seed=config.seed,
-            direction=screen.direction,
-            use_neighbours="neighbours" in config.feature_sources,
-            n_estimators=config.n_estimators,
-            surrogate=config.surrogate,
-            mc_samples=config.mc_samples,
-            extra=_extra(learner, obs, remaining),
-        )
+        sel = _select(
+            config, screen, "greedy", remaining, feats, obs, learner,
+            batch_size=1, round_index=config.rounds,
+        )  # fmt: skip
         pred = pd.Series(sel.mean, index=sel.pool_genes)
     observed = pd.Series(effects(obs.scores, screen.direction), index=list(obs.genes))
     table = evidence_table(genes, observed_effect=observed, predicted_effect=pred, features=feats)
